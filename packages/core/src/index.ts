@@ -1,1 +1,2 @@
 export {}
+export * as NatPmpMessage from "./NatPmpMessage.js"
