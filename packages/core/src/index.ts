@@ -1,2 +1,3 @@
 export {}
 export * as NatPmpMessage from "./NatPmpMessage.js"
+export * as RouterOsProtocol from "./RouterOsProtocol.js"
