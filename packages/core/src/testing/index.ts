@@ -1,1 +1,2 @@
 export {}
+export * as NatPmpGatewaySimulator from "./NatPmpGatewaySimulator.js"

@@ -1,0 +1,167 @@
+/**
+ * A thin Effect wrapper over `node:dgram` shared by the NAT-PMP client and the gateway simulator:
+ * scoped IPv4 sockets whose datagrams and asynchronous errors are handed to a callback, never thrown.
+ *
+ * @internal
+ */
+import * as Data from "effect/Data"
+import * as Effect from "effect/Effect"
+import type * as Scope from "effect/Scope"
+import * as Dgram from "node:dgram"
+
+/** A failed socket operation; `code` is the Node error code (e.g. `ECONNREFUSED`, `EADDRINUSE`). */
+export class SocketFailure extends Data.TaggedError("SocketFailure")<{
+  readonly operation: string
+  readonly cause: unknown
+}> {
+  get code(): string | undefined {
+    const cause = this.cause
+    return typeof cause === "object" && cause !== null && "code" in cause && typeof cause.code === "string"
+      ? cause.code
+      : undefined
+  }
+
+  get message(): string {
+    return `${this.operation} failed: ${describe(this.cause)}`
+  }
+}
+
+/** The text of an error-like value, on one line. */
+export const describe = (cause: unknown): string =>
+  (cause instanceof Error ? cause.message : String(cause)).split("\n")[0]
+
+/** Something the socket received: a datagram with its source, or an asynchronous error (ICMP errors included). */
+export type Incoming =
+  | { readonly _tag: "Datagram"; readonly bytes: Uint8Array; readonly address: string; readonly port: number }
+  | { readonly _tag: "Error"; readonly failure: SocketFailure }
+
+export interface OpenOptions {
+  readonly address?: string | undefined
+  readonly port?: number | undefined
+  readonly reuseAddr?: boolean | undefined
+  /** Connect to this peer: the kernel then drops datagrams from other sources and reports ICMP errors. */
+  readonly connect?: { readonly address: string; readonly port: number } | undefined
+}
+
+const attempt = <A>(operation: string, f: () => A): Effect.Effect<A, SocketFailure> =>
+  Effect.try({ try: f, catch: (cause) => new SocketFailure({ operation, cause }) })
+
+const close = (socket: Dgram.Socket): Effect.Effect<void> =>
+  Effect.async<void>((resume) => {
+    try {
+      socket.close(() => resume(Effect.void))
+    } catch {
+      resume(Effect.void) // already closed
+    }
+  })
+
+/**
+ * Runs a callback-style socket operation whose failures arrive as an `error` event. `errors` routes the socket's
+ * error events: to the pending operation while there is one, to the receiver otherwise.
+ */
+const operate = (
+  errors: { pending: ((cause: Error) => void) | undefined },
+  operation: string,
+  start: (done: () => void) => void
+): Effect.Effect<void, SocketFailure> =>
+  Effect.async<void, SocketFailure>((resume) => {
+    const settle = (cause: unknown) => {
+      errors.pending = undefined
+      resume(cause === undefined ? Effect.void : Effect.fail(new SocketFailure({ operation, cause })))
+    }
+    errors.pending = settle
+    try {
+      start(() => settle(undefined))
+    } catch (cause) {
+      settle(cause)
+    }
+  })
+
+/**
+ * Opens a UDP/IPv4 socket bound to `address:port` (default: any address, ephemeral port), optionally connected,
+ * and closes it when the scope closes. Everything received afterwards goes to `onIncoming`.
+ */
+export const open = (
+  options: OpenOptions,
+  onIncoming: (incoming: Incoming) => void
+): Effect.Effect<Dgram.Socket, SocketFailure, Scope.Scope> =>
+  Effect.acquireRelease(
+    Effect.gen(function*() {
+      const socket = yield* attempt("create socket", () =>
+        Dgram.createSocket({ type: "udp4", reuseAddr: options.reuseAddr ?? false }))
+      const errors: { pending: ((cause: Error) => void) | undefined } = { pending: undefined }
+      let ready = false
+      socket.on("error", (cause) => {
+        if (errors.pending !== undefined) {
+          errors.pending(cause)
+        } else if (ready) {
+          onIncoming({ _tag: "Error", failure: new SocketFailure({ operation: "receive", cause }) })
+        }
+      })
+      socket.on("message", (bytes, rinfo) => {
+        if (ready) {
+          onIncoming({
+            _tag: "Datagram",
+            bytes: new Uint8Array(bytes.buffer, bytes.byteOffset, bytes.byteLength),
+            address: rinfo.address,
+            port: rinfo.port
+          })
+        }
+      })
+      const where = `${options.address ?? "0.0.0.0"}:${options.port ?? 0}`
+      const opened = Effect.gen(function*() {
+        yield* operate(errors, `bind ${where}`, (done) =>
+          socket.bind(
+            { port: options.port ?? 0, ...(options.address === undefined ? {} : { address: options.address }) },
+            done
+          ))
+        const peer = options.connect
+        if (peer !== undefined) {
+          yield* operate(errors, `connect ${peer.address}:${peer.port}`, (done) =>
+            socket.connect(peer.port, peer.address, done))
+        }
+        ready = true
+        return socket
+      })
+      return yield* Effect.onError(opened, () =>
+        close(socket))
+    }),
+    close
+  )
+
+/** Sends one datagram, to the connected peer when `to` is omitted. */
+export const send = (
+  socket: Dgram.Socket,
+  bytes: Uint8Array,
+  to?: { readonly address: string; readonly port: number }
+): Effect.Effect<void, SocketFailure> =>
+  Effect.async<void, SocketFailure>((resume) => {
+    const operation = to === undefined ? "send" : `send to ${to.address}:${to.port}`
+    const callback = (cause: Error | null) =>
+      resume(cause === null ? Effect.void : Effect.fail(new SocketFailure({ operation, cause })))
+    try {
+      if (to === undefined) {
+        socket.send(bytes, callback)
+      } else {
+        socket.send(bytes, to.port, to.address, callback)
+      }
+    } catch (cause) {
+      resume(Effect.fail(new SocketFailure({ operation, cause })))
+    }
+  })
+
+/** The local `address:port` a socket is bound to. */
+export const localAddress = (socket: Dgram.Socket): { readonly address: string; readonly port: number } => {
+  const { address, port } = socket.address()
+  return { address, port }
+}
+
+/** Joins a multicast group on the default interface. */
+export const addMembership = (socket: Dgram.Socket, group: string): Effect.Effect<void, SocketFailure> =>
+  attempt(`join multicast group ${group}`, () => socket.addMembership(group))
+
+/** Whether an IPv4 address is in 224.0.0.0/4. */
+export const isMulticast = (address: string): boolean => {
+  const first = Number(address.split(".")[0])
+  return first >= 224 && first <= 239
+}
