@@ -51,6 +51,7 @@ const requestName = (opcode: number): string => {
 
 /** The gateway answered with a non-zero result code; `message` carries its RFC meaning. */
 export class NatPmpResultError extends Data.TaggedError("NatPmpResultError")<{
+  /** The gateway as `address:port`. */
   readonly gateway: string
   readonly opcode: number
   readonly resultCode: number
@@ -64,6 +65,7 @@ export class NatPmpResultError extends Data.TaggedError("NatPmpResultError")<{
 
 /** No acceptable reply after every retransmission. */
 export class NatPmpTimeoutError extends Data.TaggedError("NatPmpTimeoutError")<{
+  /** The gateway as `address:port`. */
   readonly gateway: string
   readonly opcode: number
   readonly attempts: number
@@ -78,6 +80,7 @@ export class NatPmpTimeoutError extends Data.TaggedError("NatPmpTimeoutError")<{
 
 /** The gateway answered with ICMP port unreachable (`ECONNREFUSED`): nothing listens for NAT-PMP there. */
 export class NatPmpUnreachableError extends Data.TaggedError("NatPmpUnreachableError")<{
+  /** The gateway as `address:port`. */
   readonly gateway: string
   readonly cause: unknown
 }> {
@@ -230,12 +233,12 @@ export const make = (options: Options): Effect.Effect<Service, NatPmpSocketError
     const initialTimeout = Duration.decode(options.initialTimeout ?? Duration.millis(250))
     const maxAttempts = Math.max(1, options.maxAttempts ?? 9)
 
-    const incoming = yield* Queue.unbounded<Udp.Incoming>()
+    const incoming = yield* Queue.sliding<Udp.Incoming>(256)
     const socket = yield* Udp.open(
       { connect: { address: options.gateway, port } },
       (datagram) => incoming.unsafeOffer(datagram)
     ).pipe(Effect.mapError(socketError))
-    const gateway = socket.remoteAddress().address
+    const gateway = (yield* Udp.remoteAddress(socket).pipe(Effect.mapError(socketError))).address
     const label = `${gateway}:${port}`
 
     const events = yield* PubSub.unbounded<GatewayEvent>()

@@ -90,6 +90,15 @@ describe("NatPmpClient", () => {
         })
     )
 
+    it.scoped("a socket that cannot be set up fails make with NatPmpSocketError", () =>
+      Effect.gen(function*() {
+        const error = yield* Effect.flip(
+          NatPmpClient.make({ gateway: "127.0.0.1", port: 70000, announcements: false })
+        )
+        expect(error._tag).toBe("NatPmpSocketError")
+        expect(error.message).toMatch(/^NAT-PMP socket error: connect 127\.0\.0\.1:70000 failed: [^\n]+$/)
+      }))
+
     it.scoped("invalid arguments are defects with a clear message", () =>
       Effect.gen(function*() {
         const { client } = yield* gatewayAndClient()

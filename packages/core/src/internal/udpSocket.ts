@@ -62,7 +62,7 @@ const close = (socket: Dgram.Socket): Effect.Effect<void> =>
 const operate = (
   errors: { pending: ((cause: Error) => void) | undefined },
   operation: string,
-  start: (done: () => void) => void
+  start: (done: (error?: Error | null) => void) => void
 ): Effect.Effect<void, SocketFailure> =>
   Effect.async<void, SocketFailure>((resume) => {
     const settle = (cause: unknown) => {
@@ -71,7 +71,7 @@ const operate = (
     }
     errors.pending = settle
     try {
-      start(() => settle(undefined))
+      start((error) => settle(error ?? undefined))
     } catch (cause) {
       settle(cause)
     }
@@ -148,6 +148,15 @@ export const send = (
     } catch (cause) {
       resume(Effect.fail(new SocketFailure({ operation, cause })))
     }
+  })
+
+/** The address and port of a connected socket's peer. */
+export const remoteAddress = (
+  socket: Dgram.Socket
+): Effect.Effect<{ readonly address: string; readonly port: number }, SocketFailure> =>
+  attempt("read the peer address", () => {
+    const { address, port } = socket.remoteAddress()
+    return { address, port }
   })
 
 /** The local `address:port` a socket is bound to. */

@@ -105,7 +105,7 @@ export interface NatPmpGatewaySimulator {
   /** Datagrams received so far (equals `counters.total`). */
   readonly requestCount: Effect.Effect<number>
   readonly counters: Effect.Effect<Counters>
-  /** Every datagram received, oldest first. */
+  /** The datagrams received, oldest first (the most recent ones: at most 10,000 are kept). */
   readonly received: Effect.Effect<ReadonlyArray<ReceivedDatagram>>
   /** The most requests ever received and not yet answered at the same time. */
   readonly maxConcurrency: Effect.Effect<number>
@@ -148,6 +148,8 @@ interface State {
   inFlight: number
   maxConcurrency: number
 }
+
+const receivedLogLimit = 10_000
 
 const zeroCounters = (): State["counters"] => ({
   total: 0,
@@ -345,6 +347,9 @@ export const make = (
         const from = { address: datagram.address, port: datagram.port }
         const incoming = NatPmpMessage.classifyDatagram(datagram.bytes)
         state.counters.total++
+        if (state.received.length >= receivedLogLimit) {
+          state.received.splice(0, receivedLogLimit / 2)
+        }
         state.received.push({ from, datagram: incoming, at: now })
         const response = yield* answer(datagram.address, incoming, now)
         if (response === undefined || state.silent) {
