@@ -216,6 +216,11 @@ const checkLifetime = (value: number): Effect.Effect<void> =>
     ? Effect.void
     : Effect.dieMessage(`lifetime must be an integer number of seconds in 0..4294967295, got ${value}`)
 
+const opcodeOfRequest = (request: NatPmpMessage.Request): number =>
+  request._tag === "PublicAddressRequest"
+    ? NatPmpMessage.Opcode.PublicAddress
+    : NatPmpMessage.opcodeOf(request.protocol)
+
 interface EpochMark {
   readonly epoch: number
   readonly at: number
@@ -273,12 +278,9 @@ export const make = (options: Options): Effect.Effect<Service, NatPmpSocketError
       datagram.address === gateway && datagram.port === port
 
     const matches = (request: NatPmpMessage.Request, response: NatPmpMessage.Response): boolean => {
-      const opcode = request._tag === "PublicAddressRequest"
-        ? NatPmpMessage.Opcode.PublicAddress
-        : NatPmpMessage.opcodeOf(request.protocol)
       switch (response._tag) {
         case "ErrorResponse":
-          return response.opcode === opcode
+          return response.opcode === opcodeOfRequest(request)
         case "PublicAddressResponse":
           return request._tag === "PublicAddressRequest"
         case "MapResponse":
@@ -347,21 +349,14 @@ export const make = (options: Options): Effect.Effect<Service, NatPmpSocketError
         })
       }).pipe(serial.withPermits(1))
 
-    const resultError = (response: NatPmpMessage.Response) =>
-      new NatPmpResultError({
-        gateway: label,
-        opcode: response._tag === "ErrorResponse"
-          ? response.opcode
-          : response._tag === "MapResponse"
-          ? NatPmpMessage.opcodeOf(response.protocol)
-          : NatPmpMessage.Opcode.PublicAddress,
-        resultCode: response.resultCode
-      })
+    const resultError = (request: NatPmpMessage.Request, response: NatPmpMessage.Response) =>
+      new NatPmpResultError({ gateway: label, opcode: opcodeOfRequest(request), resultCode: response.resultCode })
 
     const publicAddress = Effect.gen(function*() {
-      const response = yield* exchange({ _tag: "PublicAddressRequest" })
+      const request: NatPmpMessage.Request = { _tag: "PublicAddressRequest" }
+      const response = yield* exchange(request)
       if (response._tag !== "PublicAddressResponse" || response.resultCode !== NatPmpMessage.ResultCode.Success) {
-        return yield* resultError(response)
+        return yield* resultError(request, response)
       }
       yield* Ref.set(lastPublicAddress, Option.some(response.publicAddress))
       return { publicAddress: response.publicAddress, epoch: response.epoch }
@@ -371,7 +366,7 @@ export const make = (options: Options): Effect.Effect<Service, NatPmpSocketError
       Effect.gen(function*() {
         const response = yield* exchange(request)
         if (response._tag !== "MapResponse" || response.resultCode !== NatPmpMessage.ResultCode.Success) {
-          return yield* resultError(response)
+          return yield* resultError(request, response)
         }
         return {
           protocol: response.protocol,
@@ -469,11 +464,6 @@ export const make = (options: Options): Effect.Effect<Service, NatPmpSocketError
     } satisfies Service
   }).pipe(Effect.annotateLogs({ service: "NatPmpClient" }))
 
-const opcodeOfRequest = (request: NatPmpMessage.Request): number =>
-  request._tag === "PublicAddressRequest"
-    ? NatPmpMessage.Opcode.PublicAddress
-    : NatPmpMessage.opcodeOf(request.protocol)
-
 const listenForAnnouncements = (
   options: { readonly address?: string | undefined; readonly port?: number | undefined },
   handle: (datagram: Udp.Incoming) => Effect.Effect<void>
@@ -491,7 +481,11 @@ const listenForAnnouncements = (
       (datagram) => received.unsafeOffer(datagram)
     )
     if (multicast) {
-      yield* Udp.addMembership(socket, address)
+      yield* Udp.addMembership(socket, address).pipe(
+        Effect.catchAll((failure) =>
+          Effect.logWarning(`NAT-PMP announcements sent to ${address} will not arrive: ${failure.message}`)
+        )
+      )
     }
     yield* Effect.forkScoped(Effect.forever(Effect.flatMap(Queue.take(received), handle)))
     return { address, port: Udp.localAddress(socket).port }
