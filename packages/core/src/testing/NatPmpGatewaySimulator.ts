@@ -177,7 +177,8 @@ export const make = (
       resultCode: undefined,
       changePortsOnRenewal: false,
       responseDelay: Duration.decode(options.responseDelay ?? Duration.zero),
-      announceTo: options.announceTo ?? { address: NatPmpMessage.AnnouncementAddress, port: 5350 },
+      announceTo: options.announceTo ??
+        { address: NatPmpMessage.AnnouncementAddress, port: NatPmpMessage.AnnouncementPort },
       mappings: [],
       counters: zeroCounters(),
       received: [],
@@ -212,22 +213,20 @@ export const make = (
       state.mappings = state.mappings.filter((mapping) => mapping.expiresAt > now)
     }
 
-    const isFree = (protocol: NatPmpMessage.Protocol, port: number, except?: SimulatedMapping) =>
-      port !== 0 &&
-      !state.mappings.some((mapping) =>
-        mapping !== except && mapping.protocol === protocol && mapping.externalPort === port
-      )
+    const isFree = (protocol: NatPmpMessage.Protocol, port: number) =>
+      port !== 0 && !state.mappings.some((mapping) => mapping.protocol === protocol && mapping.externalPort === port)
 
-    const pickPort = (protocol: NatPmpMessage.Protocol, except?: SimulatedMapping) =>
+    // A free port of the range: a few random tries, then a scan; `undefined` when the range is exhausted.
+    const pickPort = (protocol: NatPmpMessage.Protocol) =>
       Effect.gen(function*() {
         for (let i = 0; i < 32; i++) {
           const candidate = yield* Random.nextIntBetween(portRange.min, portRange.max + 1)
-          if (isFree(protocol, candidate, except) && candidate !== except?.externalPort) {
+          if (isFree(protocol, candidate)) {
             return candidate
           }
         }
         for (let candidate = portRange.min; candidate <= portRange.max; candidate++) {
-          if (isFree(protocol, candidate, except) && candidate !== except?.externalPort) {
+          if (isFree(protocol, candidate)) {
             return candidate
           }
         }
@@ -266,11 +265,12 @@ export const make = (
         if (state.resultCode !== undefined) {
           return answer(state.resultCode)
         }
-        const ofClient = (mapping: SimulatedMapping) =>
+        const ownProtocolMapping = (mapping: SimulatedMapping) =>
           mapping.client === client && mapping.protocol === request.protocol
         if (request.lifetime === 0) {
           state.mappings = state.mappings.filter((mapping) =>
-            !(ofClient(mapping) && (request.internalPort === 0 || mapping.internalPort === request.internalPort))
+            !(ownProtocolMapping(mapping) &&
+              (request.internalPort === 0 || mapping.internalPort === request.internalPort))
           )
           return answer(NatPmpMessage.ResultCode.Success)
         }
@@ -279,12 +279,12 @@ export const make = (
         }
         const lifetime = Math.min(request.lifetime, maxLifetime)
         const existing = state.mappings.find((mapping) =>
-          ofClient(mapping) && mapping.internalPort === request.internalPort
+          ownProtocolMapping(mapping) && mapping.internalPort === request.internalPort
         )
         const externalPort = existing === undefined
           ? yield* choosePort(client, request)
           : state.changePortsOnRenewal
-          ? yield* pickPort(request.protocol, existing)
+          ? yield* pickPort(request.protocol) // the existing mapping still holds its port: a new one
           : existing.externalPort
         if (externalPort === undefined) {
           return answer(NatPmpMessage.ResultCode.OutOfResources)
