@@ -1,2 +1,3 @@
 export {}
 export * as NatPmpGatewaySimulator from "./NatPmpGatewaySimulator.js"
+export * as RouterOsSimulator from "./RouterOsSimulator.js"
