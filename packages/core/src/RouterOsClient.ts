@@ -302,14 +302,19 @@ const errorReason = (error: NodeJS.ErrnoException, tls: boolean): ConnectionFail
   }
 }
 
+const errorDetail = (error: NodeJS.ErrnoException): string => {
+  if (error.code === "ERR_SSL_SSLV3_ALERT_HANDSHAKE_FAILURE") {
+    return "handshake failure: no cipher in common (a RouterOS api-ssl service without a certificate offers only anonymous DH)"
+  }
+  const text = typeof error.message === "string" ? error.message : String(error)
+  // OpenSSL messages are multi-line "<id>:error:<code>:SSL routines:<function>:<reason>:<file>..."
+  const openssl = /:SSL routines:[^:]*:([^:]+):/.exec(text)
+  return openssl !== null ? openssl[1] : text.split("\n")[0].trim()
+}
+
 const connectionError = (address: string, error: unknown, tls: boolean): RouterOsConnectionError => {
   const e = error as NodeJS.ErrnoException
-  return new RouterOsConnectionError({
-    address,
-    reason: errorReason(e, tls),
-    detail: typeof e?.message === "string" ? e.message : String(error),
-    cause: error
-  })
+  return new RouterOsConnectionError({ address, reason: errorReason(e, tls), detail: errorDetail(e), cause: error })
 }
 
 const normalizeFingerprint = (fingerprint: string): string => fingerprint.replace(/[^0-9a-fA-F]/g, "").toLowerCase()
