@@ -354,8 +354,24 @@ class Connection {
   send(path: string, parts: CommandParts | undefined, resume: Resume): string {
     const tag = (++this.tagCounter).toString(10)
     this.pending.set(tag, { path, rows: [], trap: undefined, resume })
-    this.socket.write(encodeSentence(commandWords(path, parts, tag)))
+    this.write(encodeSentence(commandWords(path, parts, tag)))
     return tag
+  }
+
+  /** Writes issued in the same tick (concurrent commands) leave in one segment. */
+  private write(bytes: Uint8Array): void {
+    if (!this.corked) {
+      this.corked = true
+      this.socket.cork()
+      process.nextTick(this.uncork)
+    }
+    this.socket.write(bytes)
+  }
+
+  private corked = false
+  private readonly uncork = () => {
+    this.corked = false
+    this.socket.uncork()
   }
 
   /** Stops a command: its later replies are swallowed, the router is asked to `/cancel` it. */
@@ -367,7 +383,7 @@ class Connection {
     if (!this.alive) return
     const cancelTag = (++this.tagCounter).toString(10)
     this.pending.set(cancelTag, { path: "/cancel", rows: [], trap: undefined, resume: undefined })
-    this.socket.write(encodeSentence(["/cancel", `=tag=${tag}`, `.tag=${cancelTag}`]))
+    this.write(encodeSentence(["/cancel", `=tag=${tag}`, `.tag=${cancelTag}`]))
   }
 
   close(error: RouterOsError): void {
@@ -431,6 +447,9 @@ const tlsEnabled = (tls: Options["tls"]): TlsOptions | undefined =>
  * @category constructors
  */
 export const defaultPort = (tls: Options["tls"]): number => tlsEnabled(tls) === undefined ? 8728 : 8729
+
+/** Longest delay a Node timer supports; longer (or infinite) timeouts mean no timeout. */
+const MAX_TIMER_MILLIS = 2_147_483_647
 
 const ANONYMOUS_DH_CIPHERS = "ADH-AES256-GCM-SHA384:ADH-AES128-GCM-SHA256:ADH-AES256-SHA256:ADH-AES256-SHA:@SECLEVEL=0"
 
@@ -544,16 +563,29 @@ export const make = (options: Options): Effect.Effect<Service, RouterOsError, Sc
       parts: CommandOptions | undefined
     ): Effect.Effect<CommandResult, RouterOsError> => {
       const timeout = parts?.timeout === undefined ? commandTimeout : Duration.decode(parts.timeout)
+      // the timeout is a plain timer owned by the command (cheaper than racing a sleeping fiber on this hot path)
       return Effect.async<CommandResult, RouterOsError>((resume) => {
         if (!connection.alive) {
           resume(Effect.fail(connection.closeError!))
           return
         }
-        const tag = connection.send(path, parts, resume)
-        return Effect.sync(() => connection.cancel(tag))
-      }).pipe(
-        Effect.timeoutFail({ duration: timeout, onTimeout: () => new RouterOsTimeoutError({ path, timeout }) })
-      )
+        let timer: ReturnType<typeof setTimeout> | undefined = undefined
+        const tag = connection.send(path, parts, (result) => {
+          clearTimeout(timer)
+          resume(result)
+        })
+        const millis = Duration.toMillis(timeout)
+        if (millis <= MAX_TIMER_MILLIS) {
+          timer = setTimeout(() => {
+            connection.cancel(tag)
+            resume(Effect.fail(new RouterOsTimeoutError({ path, timeout })))
+          }, millis)
+        }
+        return Effect.sync(() => {
+          clearTimeout(timer)
+          connection.cancel(tag)
+        })
+      })
     }
 
     const login = (connection: Connection) =>

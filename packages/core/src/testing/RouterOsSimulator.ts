@@ -693,8 +693,11 @@ class SimConnection {
     socket.setNoDelay(true)
     socket.on("data", (chunk: Buffer) => {
       if (this.closed) return
+      // replies to all the commands of one chunk leave together
+      socket.cork()
       const result = this.decoder.push(chunk)
       if (Either.isLeft(result)) this.fatal(result.left.reason)
+      socket.uncork()
     })
     socket.on("error", () => this.close())
     socket.on("close", () => this.close())
@@ -706,6 +709,8 @@ class SimConnection {
     for (const timer of this.delayed.values()) clearTimeout(timer)
     this.delayed.clear()
     this.state.sockets.delete(this.socket)
+    // replies already given leave before the connection goes
+    while (this.socket.writableCorked > 0) this.socket.uncork()
     this.socket.destroy()
   }
 
