@@ -213,7 +213,11 @@ export interface Options {
   readonly password: Redacted.Redacted<string>
   /** `false` (default) for plain TCP; `true` or options for TLS. */
   readonly tls?: boolean | TlsOptions | undefined
-  /** Per connection attempt (TCP + TLS handshake). Default 5 seconds. */
+  /**
+   * Per connection attempt (TCP + TLS handshake). Default 5 seconds. Also how long the router
+   * may take to answer the `/cancel` of a timed-out command before the connection is
+   * considered dead (and re-opened by the next command).
+   */
   readonly connectTimeout?: Duration.DurationInput | undefined
   /** Default time a command may take before it is cancelled. Default 10 seconds. */
   readonly commandTimeout?: Duration.DurationInput | undefined
@@ -264,6 +268,18 @@ export interface Service {
  */
 export class RouterOsClient extends Context.Tag("@natpmp-bridge/core/RouterOsClient")<RouterOsClient, Service>() {}
 
+/**
+ * Runs a command with the `RouterOsClient` of the context.
+ *
+ * @since 0.1.0
+ * @category accessors
+ */
+export const command = (
+  path: string,
+  options?: CommandOptions
+): Effect.Effect<CommandResult, RouterOsError, RouterOsClient> =>
+  Effect.flatMap(RouterOsClient, (client) => client.command(path, options))
+
 // -----------------------------------------------------------------------------
 // Connection
 // -----------------------------------------------------------------------------
@@ -276,6 +292,8 @@ interface Pending {
   trap: Extract<Reply, { _tag: "Trap" }> | undefined
   /** `undefined` once cancelled: remaining replies are swallowed until `!done`. */
   resume: Resume | undefined
+  /** For `/cancel`: closes the connection if the router does not answer it in time. */
+  watchdog?: ReturnType<typeof setTimeout> | undefined
 }
 
 const errorReason = (error: NodeJS.ErrnoException, tls: boolean): ConnectionFailure => {
@@ -331,13 +349,15 @@ class Connection {
 
   constructor(
     private readonly socket: Net.Socket,
-    address: string,
+    private readonly address: string,
     tls: boolean,
+    private readonly cancelDeadlineMillis: number,
     private readonly onClose: (connection: Connection, error: RouterOsError) => void,
     private readonly onStray: (reply: Reply) => void
   ) {
     this.decoder = new SentenceDecoder((sentence) => this.onSentence(sentence))
     socket.setNoDelay(true)
+    socket.setKeepAlive(true, 30_000)
     socket.on("data", (chunk: Buffer) => {
       const result = this.decoder.push(chunk)
       if (Either.isLeft(result)) this.close(result.left)
@@ -382,7 +402,16 @@ class Connection {
     entry.rows = []
     if (!this.alive) return
     const cancelTag = (++this.tagCounter).toString(10)
-    this.pending.set(cancelTag, { path: "/cancel", rows: [], trap: undefined, resume: undefined })
+    // a router that does not even answer /cancel is gone: drop the connection so the next command reconnects
+    const watchdog = setTimeout(() =>
+      this.close(
+        new RouterOsConnectionError({
+          address: this.address,
+          reason: "Timeout",
+          detail: "the router stopped answering (no reply to /cancel)"
+        })
+      ), this.cancelDeadlineMillis)
+    this.pending.set(cancelTag, { path: "/cancel", rows: [], trap: undefined, resume: undefined, watchdog })
     this.write(encodeSentence(["/cancel", `=tag=${tag}`, `.tag=${cancelTag}`]))
   }
 
@@ -392,7 +421,10 @@ class Connection {
     this.closeError = error
     this.socket.destroy()
     const failed = Effect.fail(error)
-    for (const entry of this.pending.values()) entry.resume?.(failed)
+    for (const entry of this.pending.values()) {
+      clearTimeout(entry.watchdog)
+      entry.resume?.(failed)
+    }
     this.pending.clear()
     this.onClose(this, error)
   }
@@ -417,6 +449,7 @@ class Connection {
         return
       case "Done": {
         this.pending.delete(reply.tag!)
+        clearTimeout(entry.watchdog)
         const resume = entry.resume
         if (resume === undefined) return
         const trap = entry.trap
@@ -473,6 +506,7 @@ export const make = (options: Options): Effect.Effect<Service, RouterOsError, Sc
     const address = Net.isIPv6(options.host) ? `[${options.host}]:${port}` : `${options.host}:${port}`
     const connectTimeout = Duration.decode(options.connectTimeout ?? Duration.seconds(5))
     const commandTimeout = Duration.decode(options.commandTimeout ?? Duration.seconds(10))
+    const cancelDeadline = Math.min(Duration.toMillis(connectTimeout), MAX_TIMER_MILLIS)
     const annotate = Effect.annotateLogs({ routeros: address })
     const runtime = yield* Effect.runtime<never>()
     const runFork = Runtime.runFork(runtime)
@@ -542,7 +576,9 @@ export const make = (options: Options): Effect.Effect<Service, RouterOsError, Sc
             ))
           }
         }
-        resume(Effect.succeed(new Connection(socket, address, secureContext !== undefined, onClose, onStray)))
+        resume(
+          Effect.succeed(new Connection(socket, address, secureContext !== undefined, cancelDeadline, onClose, onStray))
+        )
       })
       return Effect.sync(() => socket.destroy())
     }).pipe(

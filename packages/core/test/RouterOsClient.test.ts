@@ -40,8 +40,10 @@ const closedPort = Effect.async<number>((resume) => {
  */
 const rawServer = (reply: (words: ReadonlyArray<string>, tag: string) => Uint8Array | undefined) =>
   Effect.acquireRelease(
-    Effect.async<{ server: Net.Server; port: number }>((resume) => {
+    Effect.async<{ server: Net.Server; port: number; connections: () => number }>((resume) => {
+      let connections = 0
       const server = Net.createServer((socket) => {
+        connections++
         socket.on("error", () => {})
         const decoder = new RouterOsProtocol.SentenceDecoder((words) => {
           const tag = words.find((w) => w.startsWith(".tag="))?.slice(5) ?? ""
@@ -56,7 +58,10 @@ const rawServer = (reply: (words: ReadonlyArray<string>, tag: string) => Uint8Ar
       server.listen(
         0,
         "127.0.0.1",
-        () => resume(Effect.succeed({ server, port: (server.address() as Net.AddressInfo).port }))
+        () =>
+          resume(
+            Effect.succeed({ server, port: (server.address() as Net.AddressInfo).port, connections: () => connections })
+          )
       )
     }),
     ({ server }) => Effect.sync(() => server.close())
@@ -299,6 +304,33 @@ describe("RouterOsClient", () => {
         reconnect: false
       }).pipe(Effect.flip)
       expect(error).toMatchObject({ _tag: "RouterOsConnectionError", reason: "Timeout" })
+    }))
+
+  it.scopedLive("drops a connection whose router stops answering, so the next command reconnects", () =>
+    Effect.gen(function*() {
+      let silent = true
+      const server = yield* rawServer((_, tag) =>
+        silent ? undefined : RouterOsProtocol.encodeSentence(["!done", `.tag=${tag}`])
+      )
+      const client = yield* RouterOsClient.make({
+        host: "127.0.0.1",
+        port: server.port,
+        user: "api",
+        password: Redacted.make(PASSWORD),
+        commandTimeout: "100 millis",
+        connectTimeout: "200 millis",
+        reconnect: false
+      })
+      const error = yield* client.command("/ip/route/print").pipe(Effect.flip)
+      expect(error._tag).toBe("RouterOsTimeoutError")
+      // no reply to the /cancel within connectTimeout: the connection is given up
+      yield* Effect.sleep("350 millis")
+      silent = false
+      const result = yield* RouterOsClient.command("/ip/route/print").pipe(
+        Effect.provideService(RouterOsClient.RouterOsClient, client)
+      )
+      expect(result.rows).toEqual([])
+      expect(server.connections()).toBe(2)
     }))
 
   it.scopedLive("fails with a protocol error on a control byte and tolerates unknown replies and stray tags", () =>
