@@ -366,10 +366,6 @@ class Connection {
     socket.on("close", () => this.close(new RouterOsConnectionError({ address, reason: "Closed" })))
   }
 
-  get inFlight(): number {
-    return this.pending.size
-  }
-
   /** Registers the tag, then writes the command. Returns the tag. */
   send(path: string, parts: CommandParts | undefined, resume: Resume): string {
     const tag = (++this.tagCounter).toString(10)
@@ -517,10 +513,9 @@ export const make = (options: Options): Effect.Effect<Service, RouterOsError, Sc
       ? undefined
       : normalizeFingerprint(tlsOptions.fingerprint256)
     if (tlsOptions?.anonymousDh === true) {
-      yield* Effect.logWarning("RouterOS API over anonymous-DH TLS: encrypted but the router is not authenticated")
-        .pipe(
-          annotate
-        )
+      yield* annotate(
+        Effect.logWarning("RouterOS API over anonymous-DH TLS: encrypted but the router is not authenticated")
+      )
     }
 
     const closedError = () => new RouterOsConnectionError({ address, reason: "Closed", detail: "client shut down" })
@@ -687,7 +682,7 @@ export const make = (options: Options): Effect.Effect<Service, RouterOsError, Sc
           current = connection
         })
       ),
-      Effect.tap(Effect.logDebug("RouterOS API connected")),
+      Effect.tap(Effect.logInfo("RouterOS API connected")),
       annotate
     )
 

@@ -109,7 +109,7 @@ export interface Simulator {
 
   /** Commands received (excluding `/login`), for one path (e.g. `/ip/firewall/nat/add`) or all. */
   readonly commandCount: (path?: string) => Effect.Effect<number>
-  /** Paths of the commands received (excluding `/login`), in order. */
+  /** Paths of the commands received (excluding `/login`), in order (the last 10 000 at most). */
   readonly commandLog: Effect.Effect<ReadonlyArray<string>>
   readonly resetCounters: Effect.Effect<void>
   /** Connections accepted so far. */
@@ -622,6 +622,9 @@ interface Faults {
 
 type Table = Array<Record<string, string>>
 
+/** `commandLog` keeps at most this many recent paths (long benchmarks). */
+const LOG_LIMIT = 10_000
+
 class State {
   readonly nat: Table = []
   routes: Table = []
@@ -629,6 +632,7 @@ class State {
   private nextId = 0x1A
   readonly counts = new Map<string, number>()
   log: Array<string> = []
+  total = 0
   connections = 0
   readonly sockets = new Set<Net.Socket>()
   faults: Faults = { dropAfter: undefined, delayMs: 0, rejectLogin: false, fatal: undefined }
@@ -645,6 +649,8 @@ class State {
 
   count(path: string): void {
     this.counts.set(path, (this.counts.get(path) ?? 0) + 1)
+    this.total++
+    if (this.log.length >= LOG_LIMIT) this.log = this.log.slice(LOG_LIMIT / 2)
     this.log.push(path)
   }
 }
@@ -1083,11 +1089,12 @@ export const make = (options?: Options): Effect.Effect<Simulator, RouterOsSimula
         Effect.sync(() => {
           state.version = v
         }),
-      commandCount: (path) => Effect.sync(() => path === undefined ? state.log.length : state.counts.get(path) ?? 0),
+      commandCount: (path) => Effect.sync(() => path === undefined ? state.total : state.counts.get(path) ?? 0),
       commandLog: Effect.sync(() => [...state.log]),
       resetCounters: Effect.sync(() => {
         state.counts.clear()
         state.log = []
+        state.total = 0
       }),
       connections: Effect.sync(() => state.connections),
       activeConnections: Effect.sync(() => state.sockets.size),
