@@ -40,11 +40,13 @@ const closedPort = Effect.async<number>((resume) => {
  */
 const rawServer = (reply: (words: ReadonlyArray<string>, tag: string) => Uint8Array | undefined) =>
   Effect.acquireRelease(
-    Effect.async<{ server: Net.Server; port: number; connections: () => number }>((resume) => {
+    Effect.async<{ server: Net.Server; port: number; connections: () => number; closed: () => number }>((resume) => {
       let connections = 0
+      let closed = 0
       const server = Net.createServer((socket) => {
         connections++
         socket.on("error", () => {})
+        socket.on("close", () => closed++)
         const decoder = new RouterOsProtocol.SentenceDecoder((words) => {
           const tag = words.find((w) => w.startsWith(".tag="))?.slice(5) ?? ""
           if (words[0] === "/login") socket.write(RouterOsProtocol.encodeSentence(["!done", `.tag=${tag}`]))
@@ -60,7 +62,12 @@ const rawServer = (reply: (words: ReadonlyArray<string>, tag: string) => Uint8Ar
         "127.0.0.1",
         () =>
           resume(
-            Effect.succeed({ server, port: (server.address() as Net.AddressInfo).port, connections: () => connections })
+            Effect.succeed({
+              server,
+              port: (server.address() as Net.AddressInfo).port,
+              connections: () => connections,
+              closed: () => closed
+            })
           )
       )
     }),
@@ -324,7 +331,8 @@ describe("RouterOsClient", () => {
       const error = yield* client.command("/ip/route/print").pipe(Effect.flip)
       expect(error._tag).toBe("RouterOsTimeoutError")
       // no reply to the /cancel within connectTimeout: the connection is given up
-      yield* Effect.sleep("350 millis")
+      for (let i = 0; i < 100 && server.closed() === 0; i++) yield* Effect.sleep("20 millis")
+      expect(server.closed()).toBe(1)
       silent = false
       const result = yield* RouterOsClient.command("/ip/route/print").pipe(
         Effect.provideService(RouterOsClient.RouterOsClient, client)
