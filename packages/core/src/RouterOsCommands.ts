@@ -7,6 +7,7 @@
  */
 import * as Data from "effect/Data"
 import * as Effect from "effect/Effect"
+import * as Either from "effect/Either"
 import * as Option from "effect/Option"
 import * as ParseResult from "effect/ParseResult"
 import * as Schema from "effect/Schema"
@@ -215,16 +216,19 @@ export class InterfaceNotFoundError extends Data.TaggedError("InterfaceNotFoundE
 // -----------------------------------------------------------------------------
 
 const decodeRows = <A, I>(schema: Schema.Schema<A, I>, what: string) => {
-  const decode = Schema.decodeUnknown(Schema.Array(schema))
+  // synchronous decoding: no effectful transformations, and much cheaper per row than the Effect variant
+  const decode = Schema.decodeUnknownEither(Schema.Array(schema))
   return (rows: ReadonlyArray<Attributes>): Effect.Effect<ReadonlyArray<A>, RouterOsProtocolError> =>
-    decode(rows).pipe(
-      Effect.mapError((error) =>
-        new RouterOsProtocolError({
-          reason: `unexpected ${what} from the router: ${ParseResult.TreeFormatter.formatErrorSync(error)}`,
-          cause: error
-        })
-      )
-    )
+    Either.match(decode(rows), {
+      onLeft: (error) =>
+        Effect.fail(
+          new RouterOsProtocolError({
+            reason: `unexpected ${what} from the router: ${ParseResult.TreeFormatter.formatErrorSync(error)}`,
+            cause: error
+          })
+        ),
+      onRight: Effect.succeed
+    })
 }
 
 const decodeNatRules = decodeRows(NatRule, "NAT rule")

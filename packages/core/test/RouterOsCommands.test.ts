@@ -210,6 +210,17 @@ describe("RouterOsCommands", () => {
         expect((yield* version).major).toBe(6)
       }).pipe(Effect.provide(router(RouterOsSimulator.vpnRouterV6()))))
 
+    it.live("reports rows it cannot understand as a protocol error", () =>
+      Effect.gen(function*() {
+        const sim = yield* Simulator
+        yield* sim.setRoutes([{ "dst-address": "0.0.0.0/0", gateway: "10.0.0.1", distance: "far", active: "true" }])
+        const error = yield* listRoutes().pipe(Effect.flip)
+        expect(error._tag).toBe("RouterOsProtocolError")
+        expect(error.message).toContain("unexpected route from the router")
+        yield* sim.setVersion("unknown")
+        expect((yield* version.pipe(Effect.flip)).message).toContain(`unexpected RouterOS version "unknown"`)
+      }).pipe(Effect.provide(router())))
+
     it("parses version strings", () => {
       expect(parseVersion("7.18beta2 (testing)")).toMatchObject({
         _tag: "Some",
