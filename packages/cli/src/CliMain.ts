@@ -13,10 +13,10 @@ import type * as HelpDoc from "@effect/cli/HelpDoc"
 import type * as Span from "@effect/cli/HelpDoc/Span"
 import type * as Usage from "@effect/cli/Usage"
 import * as ValidationError from "@effect/cli/ValidationError"
-import * as NodeFileSystem from "@effect/platform-node/NodeFileSystem"
 import * as NodePath from "@effect/platform-node/NodePath"
 import * as NodeRuntime from "@effect/platform-node/NodeRuntime"
-import * as NodeTerminal from "@effect/platform-node/NodeTerminal"
+import * as FileSystem from "@effect/platform/FileSystem"
+import * as Terminal from "@effect/platform/Terminal"
 import * as Cause from "effect/Cause"
 import * as Console from "effect/Console"
 import * as Data from "effect/Data"
@@ -28,6 +28,7 @@ import * as Layer from "effect/Layer"
 import * as Logger from "effect/Logger"
 import * as LogLevel from "effect/LogLevel"
 import * as Option from "effect/Option"
+import * as Scope from "effect/Scope"
 
 /** A command line that parses but makes no sense (e.g. `unmap --all 80`). Exit code 2. */
 export class UsageError extends Data.TaggedError("UsageError")<{ readonly reason: string }> {
@@ -82,8 +83,35 @@ export const helpDocToLine = (doc: HelpDoc.HelpDoc): string =>
   docLines(doc).flatMap((line) => line.split("\n")).map((line) => line.trim()).filter((line) => line.length > 0)
     .join(" ")
 
-/** The services @effect/cli needs, without the rest of NodeContext (startup time matters). */
-export const CliEnvironment = Layer.mergeAll(NodeFileSystem.layer, NodePath.layer, NodeTerminal.layer)
+/**
+ * The Node terminal, loaded only when something interactive (`--wizard`) asks for it: its module
+ * graph (readline, mailboxes) costs startup time every other command would pay for nothing.
+ */
+const lazyTerminal = Layer.scoped(
+  Terminal.Terminal,
+  Effect.gen(function*() {
+    const scope = yield* Effect.scope
+    const terminal = yield* Effect.cached(
+      Effect.promise(() => import("@effect/platform-node/NodeTerminal")).pipe(
+        Effect.flatMap((module) => Scope.extend(module.make(), scope))
+      )
+    )
+    return Terminal.Terminal.of({
+      columns: Effect.flatMap(terminal, (t) => t.columns),
+      rows: Effect.flatMap(terminal, (t) => t.rows),
+      isTTY: Effect.flatMap(terminal, (t) => t.isTTY),
+      readInput: Effect.flatMap(terminal, (t) => t.readInput),
+      readLine: Effect.flatMap(terminal, (t) => t.readLine),
+      display: (text) => Effect.flatMap(terminal, (t) => t.display(text))
+    })
+  })
+)
+
+/**
+ * The services @effect/cli needs, without NodeContext (startup time matters): the CLIs take no
+ * file arguments, so the file system is a no-op one; the terminal loads on first use.
+ */
+export const CliEnvironment = Layer.mergeAll(FileSystem.layerNoop({}), NodePath.layer, lazyTerminal)
 
 const ansi = /\x1b\[[0-9;]*m/g
 
