@@ -1,1 +1,11 @@
-export {}
+export * as Announcer from "./Announcer.js"
+export * as Bridge from "./Bridge.js"
+export * as BridgeConfig from "./BridgeConfig.js"
+export * as ClientPolicy from "./ClientPolicy.js"
+export * as MappingService from "./MappingService.js"
+export * as MikroTikRouter from "./MikroTikRouter.js"
+export * as NatPmpServer from "./NatPmpServer.js"
+export * as NatPmpVpnGateway from "./NatPmpVpnGateway.js"
+export * as PortSpec from "./PortSpec.js"
+export * as Router from "./Router.js"
+export * as VpnGateway from "./VpnGateway.js"

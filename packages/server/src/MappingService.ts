@@ -1,0 +1,864 @@
+/**
+ * The mapping lifecycle of the bridge: a LAN client's NAT-PMP mapping becomes a VPN mapping (public port P) plus a
+ * dst-nat rule on the router (VPN in-interface, `dst-port=X` → `client:internalPort`).
+ *
+ * - New mapping: inside one `Scope`, every step registers its undo; a failure closes the scope and the undos run
+ *   in reverse, so nothing is left behind. At most 2 router round trips (print for the conflict check, add).
+ * - Renewal: one VPN request, 0 router round trips (1 `set` when the VPN changed the port in `same` mode).
+ * - Delete: 1 router round trip; always succeeds; internal port 0 deletes all of the client's mappings of the
+ *   protocol.
+ * - Requests are serialized per key (client IP, protocol, internal port); a retransmission of a request still in
+ *   flight joins it instead of starting another one.
+ * - One expiry fiber, one reconciliation fiber, adoption of the bridge's own rules at startup, re-mapping when the
+ *   VPN loses its state, and removal of every own rule and VPN mapping on shutdown.
+ *
+ * @since 0.1.0
+ */
+import { NatPmpMessage } from "@natpmp-bridge/core"
+import * as Clock from "effect/Clock"
+import * as Context from "effect/Context"
+import * as Data from "effect/Data"
+import * as Deferred from "effect/Deferred"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
+import * as FiberSet from "effect/FiberSet"
+import * as Layer from "effect/Layer"
+import * as Option from "effect/Option"
+import * as PubSub from "effect/PubSub"
+import * as Queue from "effect/Queue"
+import * as Random from "effect/Random"
+import type * as Scope from "effect/Scope"
+import { ClientPolicy } from "./ClientPolicy.js"
+import * as KeyedLock from "./internal/KeyedLock.js"
+import * as PortSpec from "./PortSpec.js"
+import type { NatRule, Protocol, RouterError, RuleSpec } from "./Router.js"
+import {
+  describeRule,
+  findConflict,
+  isOwnComment,
+  ownershipComment,
+  parseOwnership,
+  Router,
+  ruleMatchesSpec
+} from "./Router.js"
+import type { VpnEvent, VpnGatewayError } from "./VpnGateway.js"
+import { resultCodeOf, VpnGateway } from "./VpnGateway.js"
+
+// -----------------------------------------------------------------------------
+// models
+// -----------------------------------------------------------------------------
+
+/**
+ * How the VPN forwards a mapped port (DESIGN "Upstream port semantics"):
+ * - `same`: traffic to public port P arrives at the router on port P (ProtonVPN); the rule matches `dst-port=P`.
+ * - `translate`: it arrives on the internal port the bridge requested (RFC gateways); the rule matches that port.
+ */
+export type PortMode = "same" | "translate"
+
+/** A mapping held by the bridge for a LAN client. */
+export interface Lease {
+  readonly client: string
+  readonly protocol: Protocol
+  readonly internalPort: number
+  /** The internal port the bridge asked the VPN for (unique per protocol among the leases). */
+  readonly upstreamPort: number
+  /** The VPN's public port P (0 while unknown: a rule adopted in `translate` mode before its first renewal). */
+  readonly externalPort: number
+  /** The port the router rule matches (X). */
+  readonly routerPort: number
+  readonly ruleId: string
+  /** The granted lifetime in seconds. */
+  readonly lifetime: number
+  /** Clock milliseconds. */
+  readonly expiresAt: number
+  /** Adopted at startup from a previous run's rule and not renewed since. */
+  readonly adopted: boolean
+  /** False when a rule update failed: the next renewal or reconciliation retries it. */
+  readonly ruleInSync: boolean
+}
+
+/** What a reconciliation pass did. */
+export interface ReconcileReport {
+  /** Own rules without a lease, removed. */
+  readonly removed: number
+  /** Rules of live leases that had disappeared, created again. */
+  readonly recreated: number
+  /** Rules of live leases that had drifted (port, target, interface, disabled), set back. */
+  readonly fixed: number
+}
+
+/** The bridge's own mapping state began anew (upstream state loss): LAN clients must be told (announcement). */
+export interface StateReset {
+  readonly reason: string
+}
+
+/** Options of the mapping service. */
+export interface Options {
+  /** Marks the bridge's rules (`natpmp-bridge:<bridgeId> ...`). */
+  readonly bridgeId: string
+  /** Default `same`. */
+  readonly portMode?: PortMode | undefined
+  /** Reconciliation period (default 60 s). */
+  readonly reconcileInterval?: Duration.DurationInput | undefined
+  /** How long rules adopted at startup live without a renewal (default 120 s). */
+  readonly adoptionGrace?: Duration.DurationInput | undefined
+  /** Every request is answered within this time (default 2 s). */
+  readonly requestTimeout?: Duration.DurationInput | undefined
+  /** Bound of the shutdown cleanup (default 10 s). */
+  readonly shutdownTimeout?: Duration.DurationInput | undefined
+}
+
+// -----------------------------------------------------------------------------
+// errors (internal to a request; they become result codes)
+// -----------------------------------------------------------------------------
+
+/** The port the new rule needs is used by another rule of the router. */
+export class PortConflictError extends Data.TaggedError("PortConflictError")<{
+  readonly protocol: Protocol
+  readonly port: number
+  readonly rule: string
+}> {
+  override get message(): string {
+    return `${this.protocol} port ${this.port} on the VPN interface is taken by rule ${this.rule}`
+  }
+}
+
+/** The client holds as many mappings as the quota allows. */
+export class QuotaExceededError extends Data.TaggedError("QuotaExceededError")<{
+  readonly client: string
+  readonly quota: number
+}> {
+  override get message(): string {
+    return `client ${this.client} already holds ${this.quota} mapping(s), the quota`
+  }
+}
+
+/** No free upstream/router port could be found. */
+export class NoFreePortError extends Data.TaggedError("NoFreePortError")<{
+  readonly protocol: Protocol
+}> {
+  override get message(): string {
+    return `no free ${this.protocol} port`
+  }
+}
+
+type MappingError = PortConflictError | QuotaExceededError | NoFreePortError | RouterError | VpnGatewayError
+
+const resultCodeOfError = (error: MappingError): number => {
+  switch (error._tag) {
+    case "PortConflictError":
+    case "QuotaExceededError":
+    case "NoFreePortError":
+      return NatPmpMessage.ResultCode.OutOfResources
+    case "RouterError":
+      return NatPmpMessage.ResultCode.NetworkFailure
+    case "VpnGatewayError":
+      return resultCodeOf(error)
+  }
+}
+
+// -----------------------------------------------------------------------------
+// service
+// -----------------------------------------------------------------------------
+
+/** The mapping service. */
+export interface Service {
+  /** Seconds since the bridge's mapping state began (the epoch of every answer). */
+  readonly epoch: Effect.Effect<number>
+  /** The cached public address of the VPN (served for op 0). */
+  readonly publicAddress: Effect.Effect<Option.Option<string>>
+  /**
+   * Answers a mapping request (op 1/2) of `client` (the datagram's source address) within the request timeout.
+   * Never fails: failures are answered with their result code, internal port, external port 0 and lifetime 0.
+   */
+  readonly handle: (client: string, request: NatPmpMessage.MapRequest) => Effect.Effect<NatPmpMessage.MapResponse>
+  /** The current leases. */
+  readonly leases: Effect.Effect<ReadonlyArray<Lease>>
+  /** Runs one reconciliation pass now. */
+  readonly reconcile: Effect.Effect<ReconcileReport, RouterError>
+  /** A subscription to state resets (to announce them), for the scope's life. */
+  readonly subscribeResets: Effect.Effect<Queue.Dequeue<StateReset>, never, Scope.Scope>
+}
+
+/** The mapping service tag. */
+export class MappingService extends Context.Tag("@natpmp-bridge/server/MappingService")<MappingService, Service>() {}
+
+interface Answer {
+  readonly resultCode: number
+  readonly externalPort: number
+  readonly lifetime: number
+}
+
+const failure = (resultCode: number): Answer => ({ resultCode, externalPort: 0, lifetime: 0 })
+const deleted: Answer = { resultCode: NatPmpMessage.ResultCode.Success, externalPort: 0, lifetime: 0 }
+
+const keyOf = (client: string, protocol: Protocol, internalPort: number): string =>
+  `${client}/${protocol}/${internalPort}`
+
+const upstreamKey = (protocol: Protocol, port: number): string => `${protocol}/${port}`
+
+const DYNAMIC_PORTS = { min: 49152, max: 65535 }
+
+/** Runs `acquire` and registers `undo`, run when the enclosing scope closes with a failure. */
+const step = <A, E, R>(
+  acquire: Effect.Effect<A, E, R>,
+  undo: (a: A) => Effect.Effect<void>
+): Effect.Effect<A, E, R | Scope.Scope> =>
+  Effect.acquireRelease(acquire, (a, exit) => Exit.isFailure(exit) ? undo(a) : Effect.void)
+
+/**
+ * Creates the mapping service: adopts the bridge's own rules left by a previous run, then starts the expiry,
+ * reconciliation and upstream-event fibers. When the scope closes it waits for requests in flight, then removes
+ * every own rule (one remove) and VPN mapping, within the shutdown timeout.
+ */
+export const make = (
+  options: Options
+): Effect.Effect<Service, RouterError, Router | VpnGateway | ClientPolicy | Scope.Scope> =>
+  Effect.gen(function*() {
+    const router = yield* Router
+    const vpn = yield* VpnGateway
+    const policy = yield* ClientPolicy
+    const bridgeId = options.bridgeId
+    const portMode = options.portMode ?? "same"
+    const reconcileInterval = Duration.decode(options.reconcileInterval ?? Duration.seconds(60))
+    const adoptionGrace = Duration.decode(options.adoptionGrace ?? Duration.seconds(120))
+    const requestTimeout = Duration.decode(options.requestTimeout ?? Duration.seconds(2))
+    const shutdownTimeout = Duration.decode(options.shutdownTimeout ?? Duration.seconds(10))
+
+    // Operations in flight run here, detached from the requests waiting for them. Created first: its finalizer
+    // (interrupting what is left) runs last, after the shutdown cleanup below.
+    const operations = yield* FiberSet.make<void, never>()
+
+    const locks = KeyedLock.make()
+    const leases = new Map<string, Lease>()
+    /** Upstream (VPN internal) ports in use or reserved, by protocol/port → lease key. */
+    const upstreamPorts = new Map<string, string>()
+    /** New mappings in progress per client (quota). */
+    const pendingNew = new Map<string, number>()
+    /** Requests in flight per key, for coalescing retransmissions. */
+    const inFlight = new Map<
+      string,
+      Array<{ readonly signature: string; readonly answer: Deferred.Deferred<Answer> }>
+    >()
+    let epochStart = yield* Clock.currentTimeMillis
+    let stopping = false
+
+    const resets = yield* Effect.acquireRelease(PubSub.unbounded<StateReset>(), PubSub.shutdown)
+    const wake = yield* Queue.sliding<void>(1)
+    const notify = Effect.sync(() => wake.unsafeOffer(undefined))
+
+    const epoch = Effect.map(Clock.currentTimeMillis, (now) => Math.max(0, Math.floor((now - epochStart) / 1000)))
+
+    const specOf = (lease: Lease): RuleSpec => ({
+      protocol: lease.protocol,
+      dstPort: lease.routerPort,
+      toAddress: lease.client,
+      toPort: lease.internalPort,
+      comment: ownershipComment({
+        bridgeId,
+        protocol: lease.protocol,
+        client: lease.client,
+        internalPort: lease.internalPort
+      })
+    })
+
+    const setLease = (key: string, lease: Lease) =>
+      Effect.zipRight(
+        Effect.sync(() => {
+          leases.set(key, lease)
+          upstreamPorts.set(upstreamKey(lease.protocol, lease.upstreamPort), key)
+        }),
+        notify
+      )
+
+    const releaseUpstream = (protocol: Protocol, port: number, key: string) =>
+      Effect.sync(() => {
+        const upstream = upstreamKey(protocol, port)
+        if (upstreamPorts.get(upstream) === key) upstreamPorts.delete(upstream)
+      })
+
+    const leasesOf = (client: string) => [...leases.values()].filter((lease) => lease.client === client)
+
+    const routerPortTaken = (protocol: Protocol, port: number, exceptKey: string) =>
+      [...leases.entries()].some(([key, lease]) =>
+        key !== exceptKey && lease.protocol === protocol && lease.routerPort === port
+      )
+
+    const logUndo = (what: string) => <E extends { readonly message: string }>(effect: Effect.Effect<void, E>) =>
+      effect.pipe(Effect.catchAll((error) => Effect.logWarning(`rollback: ${what} failed: ${error.message}`)))
+
+    /** Removes leases (under their locks): one router remove for all rules, VPN unmaps concurrently. */
+    const dropLeases = (dropped: ReadonlyArray<readonly [string, Lease]>, why: string) =>
+      Effect.gen(function*() {
+        if (dropped.length === 0) return
+        for (const [key] of dropped) leases.delete(key)
+        yield* notify
+        yield* Effect.all([
+          router.removeRules(dropped.map(([, lease]) => lease.ruleId)).pipe(
+            Effect.catchAll((error) =>
+              Effect.logWarning(`${why}: ${error.message} (reconciliation will remove the rule(s))`)
+            )
+          ),
+          Effect.forEach(dropped, ([key, lease]) =>
+            vpn.unmap(lease.protocol, lease.upstreamPort).pipe(
+              Effect.catchAll((error) => Effect.logWarning(`${why}: VPN unmap failed: ${error.message}`)),
+              Effect.zipRight(releaseUpstream(lease.protocol, lease.upstreamPort, key))
+            ), { concurrency: "unbounded", discard: true })
+        ], { concurrency: "unbounded", discard: true })
+        yield* Effect.logInfo(`${why}: ${dropped.length} mapping(s) removed`).pipe(
+          Effect.annotateLogs({ mappings: dropped.map(([key]) => key).join(" ") })
+        )
+      })
+
+    // -------------------------------------------------------------------------
+    // new mapping
+    // -------------------------------------------------------------------------
+
+    const reserveUpstream = (
+      protocol: Protocol,
+      candidates: ReadonlyArray<number>,
+      key: string,
+      free: (port: number) => boolean
+    ) =>
+      Effect.gen(function*() {
+        const isFree = (port: number) =>
+          port > 0 && port <= 65535 && !upstreamPorts.has(upstreamKey(protocol, port)) && free(port)
+        let chosen = candidates.find(isFree)
+        for (let i = 0; chosen === undefined && i < 64; i++) {
+          const port = yield* Random.nextIntBetween(DYNAMIC_PORTS.min, DYNAMIC_PORTS.max + 1)
+          if (isFree(port)) chosen = port
+        }
+        if (chosen === undefined) return yield* new NoFreePortError({ protocol })
+        upstreamPorts.set(upstreamKey(protocol, chosen), key)
+        return chosen
+      })
+
+    const create = (client: string, request: NatPmpMessage.MapRequest, lifetime: number) =>
+      Effect.scoped(Effect.gen(function*() {
+        const { internalPort, protocol } = request
+        const key = keyOf(client, protocol, internalPort)
+        const held = leasesOf(client).length + (pendingNew.get(client) ?? 0)
+        if (held >= policy.clientQuota) {
+          return yield* new QuotaExceededError({ client, quota: policy.clientQuota })
+        }
+        yield* Effect.acquireRelease(
+          Effect.sync(() => pendingNew.set(client, (pendingNew.get(client) ?? 0) + 1)),
+          () =>
+            Effect.sync(() => {
+              const left = (pendingNew.get(client) ?? 1) - 1
+              if (left <= 0) pendingNew.delete(client)
+              else pendingNew.set(client, left)
+            })
+        )
+        const use = (port: number) => ({
+          protocol,
+          port,
+          inInterface: router.inInterface,
+          vpnAddresses: router.vpnAddresses
+        })
+        const checkFree = (rules: ReadonlyArray<NatRule>, port: number) =>
+          Effect.gen(function*() {
+            const conflict = findConflict(rules, use(port))
+            if (Option.isSome(conflict)) {
+              return yield* new PortConflictError({ protocol, port, rule: describeRule(conflict.value) })
+            }
+            if (routerPortTaken(protocol, port, key)) {
+              return yield* new PortConflictError({ protocol, port, rule: "of another mapping of the bridge" })
+            }
+          })
+
+        let upstreamPort: number
+        let routerPort: number
+        let upstream: { readonly externalPort: number; readonly lifetime: number }
+        if (portMode === "same") {
+          upstreamPort = yield* step(
+            reserveUpstream(protocol, [internalPort], key, () => true),
+            (port) => releaseUpstream(protocol, port, key)
+          )
+          upstream = yield* step(
+            vpn.map({
+              protocol,
+              internalPort: upstreamPort,
+              suggestedExternalPort: request.suggestedExternalPort,
+              lifetime
+            }),
+            () => logUndo("VPN unmap")(vpn.unmap(protocol, upstreamPort))
+          )
+          routerPort = upstream.externalPort
+          const rules = yield* router.dstNatRules
+          yield* checkFree(rules, routerPort)
+        } else {
+          const rules = yield* router.dstNatRules
+          const candidates = [internalPort, request.suggestedExternalPort]
+          upstreamPort = yield* step(
+            reserveUpstream(
+              protocol,
+              candidates,
+              key,
+              (port) => Option.isNone(findConflict(rules, use(port))) && !routerPortTaken(protocol, port, key)
+            ),
+            (port) => releaseUpstream(protocol, port, key)
+          )
+          routerPort = upstreamPort
+          upstream = yield* step(
+            vpn.map({
+              protocol,
+              internalPort: upstreamPort,
+              suggestedExternalPort: request.suggestedExternalPort,
+              lifetime
+            }),
+            () => logUndo("VPN unmap")(vpn.unmap(protocol, upstreamPort))
+          )
+        }
+        const now = yield* Clock.currentTimeMillis
+        const draft: Omit<Lease, "ruleId"> = {
+          client,
+          protocol,
+          internalPort,
+          upstreamPort,
+          externalPort: upstream.externalPort,
+          routerPort,
+          lifetime: upstream.lifetime,
+          expiresAt: now + upstream.lifetime * 1000,
+          adopted: false,
+          ruleInSync: true
+        }
+        const ruleId = yield* step(
+          router.addRule(specOf({ ...draft, ruleId: "" })),
+          (id) => logUndo(`removing rule ${id}`)(router.removeRules([id]))
+        )
+        const lease: Lease = { ...draft, ruleId }
+        yield* setLease(key, lease)
+        yield* Effect.logInfo(
+          `mapped ${protocol} ${client}:${internalPort} ← public port ${lease.externalPort} (rule ${ruleId}, ` +
+            `dst-port ${routerPort}, ${lease.lifetime} s)`
+        )
+        return lease
+      }))
+
+    // -------------------------------------------------------------------------
+    // renewal
+    // -------------------------------------------------------------------------
+
+    const renew = (key: string, lease: Lease, request: NatPmpMessage.MapRequest, lifetime: number) =>
+      Effect.gen(function*() {
+        const upstream = yield* vpn.map({
+          protocol: lease.protocol,
+          internalPort: lease.upstreamPort,
+          suggestedExternalPort: lease.externalPort !== 0 ? lease.externalPort : request.suggestedExternalPort,
+          lifetime
+        })
+        const now = yield* Clock.currentTimeMillis
+        const routerPort = portMode === "same" ? upstream.externalPort : lease.upstreamPort
+        let renewed: Lease = {
+          ...lease,
+          externalPort: upstream.externalPort,
+          routerPort,
+          lifetime: upstream.lifetime,
+          expiresAt: now + upstream.lifetime * 1000,
+          adopted: false
+        }
+        if (routerPort !== lease.routerPort || !lease.ruleInSync) {
+          if (routerPort !== lease.routerPort) {
+            yield* Effect.logInfo(`VPN changed the public port from ${lease.externalPort} to ${upstream.externalPort}`)
+          }
+          const updated = yield* Effect.either(router.updateRule(lease.ruleId, specOf(renewed)))
+          renewed = { ...renewed, ruleInSync: updated._tag === "Right" }
+          yield* setLease(key, renewed)
+          if (updated._tag === "Left") return yield* updated.left
+        } else {
+          yield* setLease(key, renewed)
+        }
+        return renewed
+      })
+
+    // -------------------------------------------------------------------------
+    // requests
+    // -------------------------------------------------------------------------
+
+    const toAnswer = (effect: Effect.Effect<Lease, MappingError>): Effect.Effect<Answer> =>
+      effect.pipe(
+        Effect.map((lease): Answer => ({
+          resultCode: NatPmpMessage.ResultCode.Success,
+          externalPort: lease.externalPort,
+          lifetime: lease.lifetime
+        })),
+        Effect.catchAll((error) =>
+          Effect.as(
+            Effect.logWarning(`request failed: ${error.message}`),
+            failure(resultCodeOfError(error))
+          )
+        )
+      )
+
+    const mapOrRenew = (client: string, request: NatPmpMessage.MapRequest, lifetime: number): Effect.Effect<Answer> => {
+      const key = keyOf(client, request.protocol, request.internalPort)
+      return locks.withLock(
+        key,
+        Effect.suspend(() => {
+          const lease = leases.get(key)
+          return toAnswer(
+            lease === undefined ? create(client, request, lifetime) : renew(key, lease, request, lifetime)
+          )
+        })
+      )
+    }
+
+    const deleteOne = (client: string, protocol: Protocol, internalPort: number): Effect.Effect<Answer> => {
+      const key = keyOf(client, protocol, internalPort)
+      return locks.withLock(
+        key,
+        Effect.suspend(() => {
+          const lease = leases.get(key)
+          return lease === undefined ? Effect.void : dropLeases([[key, lease]], "deleted by the client")
+        })
+      ).pipe(Effect.as(deleted))
+    }
+
+    const deleteAll = (client: string, protocol: Protocol): Effect.Effect<Answer> => {
+      const prefix = `${client}/${protocol}/`
+      const keys = [...new Set([...leases.keys(), ...inFlight.keys()])].filter((key) =>
+        key.startsWith(prefix) && key !== `${prefix}0`
+      )
+      return locks.withLocks(
+        keys,
+        Effect.suspend(() =>
+          dropLeases(
+            [...leases.entries()].filter(([key]) => key.startsWith(prefix)),
+            "deleted by the client (all of its mappings)"
+          )
+        )
+      ).pipe(Effect.as(deleted))
+    }
+
+    /**
+     * Runs `work` detached from the caller (it completes even if the answer times out), joining an identical
+     * request of the same key already in flight; answers `onTimeout` when it takes longer than the request timeout.
+     */
+    const submit = (key: string, signature: string, work: Effect.Effect<Answer>, onTimeout: Answer) =>
+      Effect.gen(function*() {
+        const waiting = inFlight.get(key) ?? []
+        const joined = waiting.find((entry) => entry.signature === signature)
+        let answer: Deferred.Deferred<Answer>
+        if (joined !== undefined) {
+          answer = joined.answer
+          yield* Effect.logDebug("retransmission joins the request in flight")
+        } else {
+          answer = yield* Deferred.make<Answer>()
+          const entry = { signature, answer }
+          waiting.push(entry)
+          inFlight.set(key, waiting)
+          yield* FiberSet.run(
+            operations,
+            work.pipe(
+              Effect.catchAllCause((cause) =>
+                Effect.as(
+                  Effect.logError("request failed unexpectedly", cause),
+                  failure(NatPmpMessage.ResultCode.NetworkFailure)
+                )
+              ),
+              Effect.flatMap((result) => Deferred.succeed(answer, result)),
+              Effect.ensuring(Effect.sync(() => {
+                const list = inFlight.get(key)
+                if (list === undefined) return
+                const index = list.indexOf(entry)
+                if (index >= 0) list.splice(index, 1)
+                if (list.length === 0) inFlight.delete(key)
+              })),
+              Effect.asVoid
+            )
+          )
+        }
+        return yield* Deferred.await(answer).pipe(
+          Effect.timeoutTo({
+            duration: requestTimeout,
+            onSuccess: (result) => result,
+            onTimeout: () => onTimeout
+          })
+        )
+      })
+
+    const handle = (client: string, request: NatPmpMessage.MapRequest): Effect.Effect<NatPmpMessage.MapResponse> =>
+      Effect.gen(function*() {
+        const { internalPort, protocol } = request
+        let answer: Answer
+        if (stopping) {
+          answer = failure(NatPmpMessage.ResultCode.NetworkFailure)
+        } else if (request.lifetime === 0) {
+          answer = internalPort === 0
+            ? yield* submit(keyOf(client, protocol, 0), "delete-all", deleteAll(client, protocol), deleted)
+            : yield* submit(
+              keyOf(client, protocol, internalPort),
+              "delete",
+              deleteOne(client, protocol, internalPort),
+              deleted
+            )
+        } else if (internalPort === 0) {
+          yield* Effect.logWarning("refused: a mapping of internal port 0 (only valid to delete all mappings)")
+          answer = failure(NatPmpMessage.ResultCode.NotAuthorized)
+        } else {
+          const lifetime = Math.min(request.lifetime, policy.maxLifetime)
+          answer = yield* submit(
+            keyOf(client, protocol, internalPort),
+            `map/${request.suggestedExternalPort}/${request.lifetime}`,
+            mapOrRenew(client, request, lifetime),
+            failure(NatPmpMessage.ResultCode.NetworkFailure)
+          )
+        }
+        return {
+          _tag: "MapResponse",
+          protocol,
+          resultCode: answer.resultCode,
+          epoch: yield* epoch,
+          internalPort,
+          externalPort: answer.externalPort,
+          lifetime: answer.lifetime
+        } satisfies NatPmpMessage.MapResponse
+      }).pipe(Effect.annotateLogs({ client, protocol: request.protocol, internalPort: request.internalPort }))
+
+    // -------------------------------------------------------------------------
+    // expiry
+    // -------------------------------------------------------------------------
+
+    const expireDue = (now: number) =>
+      Effect.gen(function*() {
+        const due = [...leases.entries()].filter(([, lease]) => lease.expiresAt <= now).map(([key]) => key)
+        if (due.length === 0) return
+        yield* locks.withLocks(
+          due,
+          Effect.gen(function*() {
+            const at = yield* Clock.currentTimeMillis
+            // under the locks: a renewal that won the race has moved `expiresAt`
+            const expired = due.flatMap((key) => {
+              const lease = leases.get(key)
+              return lease !== undefined && lease.expiresAt <= at ? [[key, lease] as const] : []
+            })
+            yield* dropLeases(expired, "expired")
+          })
+        )
+      })
+
+    const expiryLoop = Effect.forever(Effect.gen(function*() {
+      const now = yield* Clock.currentTimeMillis
+      yield* expireDue(now)
+      let next = Number.POSITIVE_INFINITY
+      for (const lease of leases.values()) next = Math.min(next, lease.expiresAt)
+      const after = yield* Clock.currentTimeMillis
+      if (next <= after) return
+      const waitForChange = Queue.take(wake)
+      yield* next === Number.POSITIVE_INFINITY
+        ? waitForChange
+        : Effect.raceFirst(Effect.sleep(Duration.millis(next - after)), waitForChange)
+    }))
+
+    // -------------------------------------------------------------------------
+    // reconciliation
+    // -------------------------------------------------------------------------
+
+    const reconcile: Effect.Effect<ReconcileReport, RouterError> = Effect.gen(function*() {
+      const rules = yield* router.dstNatRules
+      const byId = new Map(rules.map((rule) => [rule.id, rule]))
+      const orphans: Array<string> = []
+      for (const rule of rules) {
+        if (!isOwnComment(rule.comment, bridgeId)) continue
+        const owner = parseOwnership(rule.comment)
+        if (Option.isNone(owner)) {
+          orphans.push(rule.id)
+          continue
+        }
+        const key = keyOf(owner.value.client, owner.value.protocol, owner.value.internalPort)
+        // under the key's lock: a new mapping that added this rule has recorded its lease by then
+        const orphan = yield* locks.withLock(key, Effect.sync(() => leases.get(key)?.ruleId !== rule.id))
+        if (orphan) orphans.push(rule.id)
+      }
+      let recreated = 0
+      let fixed = 0
+      for (const [key, snapshot] of [...leases.entries()]) {
+        const rule = byId.get(snapshot.ruleId)
+        if (rule !== undefined && ruleMatchesSpec(rule, specOf(snapshot), router.inInterface)) continue
+        yield* locks.withLock(
+          key,
+          Effect.gen(function*() {
+            const lease = leases.get(key)
+            if (lease === undefined || lease.ruleId !== snapshot.ruleId) return
+            const spec = specOf(lease)
+            if (rule === undefined) {
+              const ruleId = yield* router.addRule(spec)
+              yield* setLease(key, { ...lease, ruleId, ruleInSync: true })
+              recreated++
+              yield* Effect.logWarning(`rule ${lease.ruleId} of ${key} had disappeared: created again as ${ruleId}`)
+            } else if (!ruleMatchesSpec(rule, spec, router.inInterface)) {
+              yield* router.updateRule(rule.id, spec, rule)
+              yield* setLease(key, { ...lease, ruleInSync: true })
+              fixed++
+              yield* Effect.logWarning(`rule ${rule.id} of ${key} had drifted (${describeRule(rule)}): set back`)
+            }
+          }).pipe(Effect.catchAll((error) => Effect.logWarning(`reconciliation of ${key}: ${error.message}`)))
+        )
+      }
+      if (orphans.length > 0) {
+        yield* router.removeRules(orphans)
+        yield* Effect.logInfo(`reconciliation removed ${orphans.length} own rule(s) without a mapping`).pipe(
+          Effect.annotateLogs({ rules: orphans.join(",") })
+        )
+      }
+      yield* vpn.refreshPublicAddress.pipe(
+        Effect.catchAll((error) => Effect.logWarning(`cannot refresh the VPN public address: ${error.message}`))
+      )
+      return { removed: orphans.length, recreated, fixed }
+    }).pipe(Effect.annotateLogs({ task: "reconcile" }))
+
+    // -------------------------------------------------------------------------
+    // upstream state loss
+    // -------------------------------------------------------------------------
+
+    const onUpstreamEvent = (event: VpnEvent) =>
+      Effect.gen(function*() {
+        const reason = event._tag === "StateLost"
+          ? `the VPN gateway lost its mappings (epoch ${event.previousEpoch} → ${event.epoch})`
+          : `the VPN public address changed from ${event.previous} to ${event.current}`
+        yield* Effect.logWarning(`${reason}: re-mapping ${leases.size} mapping(s) upstream`)
+        epochStart = yield* Clock.currentTimeMillis
+        for (const key of [...leases.keys()].sort()) {
+          yield* locks.withLock(
+            key,
+            Effect.suspend(() => {
+              const lease = leases.get(key)
+              if (lease === undefined) return Effect.void
+              const request: NatPmpMessage.MapRequest = {
+                _tag: "MapRequest",
+                protocol: lease.protocol,
+                internalPort: lease.internalPort,
+                suggestedExternalPort: lease.externalPort,
+                lifetime: lease.lifetime
+              }
+              return renew(key, lease, request, Math.max(1, lease.lifetime)).pipe(
+                Effect.catchAll((error) => Effect.logWarning(`re-mapping ${key} failed: ${error.message}`))
+              )
+            })
+          )
+        }
+        yield* PubSub.publish(resets, { reason })
+      })
+
+    // -------------------------------------------------------------------------
+    // startup adoption
+    // -------------------------------------------------------------------------
+
+    const adopt = Effect.gen(function*() {
+      const rules = yield* router.dstNatRules
+      const now = yield* Clock.currentTimeMillis
+      const orphans: Array<string> = []
+      for (const rule of rules) {
+        if (!isOwnComment(rule.comment, bridgeId)) continue
+        const owner = parseOwnership(rule.comment)
+        const port = PortSpec.single(rule.dstPort)
+        if (Option.isNone(owner) || Option.isNone(port) || rule.protocol !== owner.value.protocol) {
+          orphans.push(rule.id)
+          continue
+        }
+        const { client, internalPort, protocol } = owner.value
+        const key = keyOf(client, protocol, internalPort)
+        if (leases.has(key)) {
+          orphans.push(rule.id) // a duplicate
+          continue
+        }
+        const routerPort = port.value
+        // the upstream port is not in the comment: in `translate` mode it is the rule's port, in `same` mode the
+        // bridge prefers the internal port (a wrong guess only costs a new public port at the first renewal)
+        const reserved = yield* Effect.either(
+          reserveUpstream(protocol, portMode === "translate" ? [routerPort] : [internalPort], key, () => true)
+        )
+        if (reserved._tag === "Left" || (portMode === "translate" && reserved.right !== routerPort)) {
+          if (reserved._tag === "Right") yield* releaseUpstream(protocol, reserved.right, key)
+          orphans.push(rule.id)
+          continue
+        }
+        const upstreamPort = reserved.right
+        const lease: Lease = {
+          client,
+          protocol,
+          internalPort,
+          upstreamPort,
+          externalPort: portMode === "same" ? routerPort : 0,
+          routerPort,
+          ruleId: rule.id,
+          lifetime: Math.max(1, Math.floor(Duration.toSeconds(adoptionGrace))),
+          expiresAt: now + Duration.toMillis(adoptionGrace),
+          adopted: true,
+          ruleInSync: true
+        }
+        yield* setLease(key, { ...lease, ruleInSync: ruleMatchesSpec(rule, specOf(lease), router.inInterface) })
+      }
+      if (orphans.length > 0) yield* router.removeRules(orphans)
+      if (leases.size > 0 || orphans.length > 0) {
+        yield* Effect.logInfo(
+          `adopted ${leases.size} rule(s) of a previous run for ${Duration.format(adoptionGrace)}; removed ` +
+            `${orphans.length} unusable own rule(s)`
+        )
+      }
+    }).pipe(Effect.annotateLogs({ task: "adopt" }))
+
+    // -------------------------------------------------------------------------
+    // shutdown
+    // -------------------------------------------------------------------------
+
+    const shutdown = Effect.gen(function*() {
+      stopping = true
+      yield* FiberSet.awaitEmpty(operations).pipe(Effect.timeout(Duration.times(shutdownTimeout, 0.5)), Effect.ignore)
+      const all = [...leases.entries()]
+      const ownRules = yield* router.dstNatRules.pipe(
+        Effect.map((rules) => rules.filter((rule) => isOwnComment(rule.comment, bridgeId)).map((rule) => rule.id)),
+        Effect.catchAll(() => Effect.succeed(all.map(([, lease]) => lease.ruleId)))
+      )
+      leases.clear()
+      yield* Effect.all([
+        router.removeRules(ownRules).pipe(
+          Effect.catchAll((error) => Effect.logWarning(`shutdown: ${error.message}`))
+        ),
+        Effect.forEach(all, ([, lease]) =>
+          vpn.unmap(lease.protocol, lease.upstreamPort).pipe(
+            Effect.catchAll((error) => Effect.logWarning(`shutdown: VPN unmap failed: ${error.message}`))
+          ), { concurrency: "unbounded", discard: true })
+      ], { concurrency: "unbounded", discard: true })
+      yield* Effect.logInfo(`shutdown: removed ${ownRules.length} rule(s) and ${all.length} VPN mapping(s)`)
+    }).pipe(
+      Effect.timeout(shutdownTimeout),
+      Effect.catchAll(() =>
+        Effect.logWarning(`shutdown cleanup did not finish within ${Duration.format(shutdownTimeout)}`)
+      ),
+      Effect.annotateLogs({ task: "shutdown" })
+    )
+    yield* Effect.addFinalizer(() => shutdown)
+
+    // -------------------------------------------------------------------------
+    // start
+    // -------------------------------------------------------------------------
+
+    yield* adopt
+    const upstreamEvents = yield* vpn.subscribe
+    yield* Effect.forkScoped(Effect.forever(Effect.flatMap(Queue.take(upstreamEvents), onUpstreamEvent)))
+    yield* Effect.forkScoped(expiryLoop.pipe(Effect.annotateLogs({ task: "expiry" })))
+    yield* Effect.forkScoped(Effect.forever(
+      Effect.zipRight(
+        Effect.sleep(reconcileInterval),
+        reconcile.pipe(Effect.catchAll((error) => Effect.logWarning(`reconciliation failed: ${error.message}`)))
+      )
+    ))
+
+    return {
+      epoch,
+      publicAddress: vpn.publicAddress,
+      handle,
+      leases: Effect.sync(() => [...leases.values()]),
+      reconcile,
+      subscribeResets: PubSub.subscribe(resets)
+    } satisfies Service
+  }).pipe(Effect.annotateLogs({ service: "MappingService" }))
+
+/** A layer providing {@link MappingService}. */
+export const layer = (
+  options: Options
+): Layer.Layer<MappingService, RouterError, Router | VpnGateway | ClientPolicy> =>
+  Layer.scoped(MappingService, make(options))

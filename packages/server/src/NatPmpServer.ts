@@ -1,0 +1,196 @@
+/**
+ * The bridge's NAT-PMP server (RFC 6886 gateway side) on UDP `LISTEN_ADDR` (default `:5351`).
+ *
+ * - Datagrams from sources outside the allowed networks, responses (op >= 128), runts and truncated requests are
+ *   dropped without an answer; nothing a datagram contains can crash the server.
+ * - Version != 0 is answered with result 1 (PCP clients then fall back to NAT-PMP), an unknown opcode with 5.
+ * - Op 0 is answered from the cached public address (result 3 while it is unknown), op 1/2 by the
+ *   {@link MappingService} within its request timeout.
+ * - Announcements (10 packets, 250 ms doubling) go out from the server's socket on start and whenever the mapping
+ *   state is reset.
+ *
+ * @since 0.1.0
+ */
+import { NatPmpMessage } from "@natpmp-bridge/core"
+import * as Context from "effect/Context"
+import * as Data from "effect/Data"
+import * as Effect from "effect/Effect"
+import * as FiberSet from "effect/FiberSet"
+import * as Layer from "effect/Layer"
+import * as Option from "effect/Option"
+import * as Queue from "effect/Queue"
+import type * as Scope from "effect/Scope"
+import * as Announcer from "./Announcer.js"
+import { ClientPolicy, normalizeAddress } from "./ClientPolicy.js"
+import * as Udp from "./internal/udp.js"
+import { MappingService } from "./MappingService.js"
+
+/** Server options. */
+export interface Options {
+  /** Address to bind (default `0.0.0.0`). */
+  readonly address?: string | undefined
+  /** Port to bind (default 5351; 0 for an ephemeral port). */
+  readonly port?: number | undefined
+  /** Announcements (default to `224.0.0.1:5350`); `false` to never announce. */
+  readonly announce?: false | Announcer.Options | undefined
+  /** Requests handled at once; datagrams beyond are dropped (clients retransmit). Default 1024. */
+  readonly maxConcurrentRequests?: number | undefined
+}
+
+/** The server socket could not be opened. */
+export class NatPmpServerError extends Data.TaggedError("NatPmpServerError")<{
+  readonly reason: string
+  readonly cause?: unknown
+}> {
+  override get message(): string {
+    return `NAT-PMP server: ${this.reason}`
+  }
+}
+
+/** What the server has seen. */
+export interface Stats {
+  readonly received: number
+  readonly answered: number
+  /** Dropped without an answer: outside the allowed networks. */
+  readonly refused: number
+  /** Dropped without an answer: responses, runts, truncated requests. */
+  readonly ignored: number
+  /** Dropped because too many requests were in progress. */
+  readonly overloaded: number
+}
+
+/** A running server. */
+export interface Service {
+  /** The bound address and port. */
+  readonly address: string
+  readonly port: number
+  readonly stats: Effect.Effect<Stats>
+  /** Sends an announcement now (in the background). */
+  readonly announce: Effect.Effect<void>
+}
+
+/** The server tag. */
+export class NatPmpServer extends Context.Tag("@natpmp-bridge/server/NatPmpServer")<NatPmpServer, Service>() {}
+
+/** Starts the server for the life of the scope. */
+export const make = (
+  options: Options = {}
+): Effect.Effect<Service, NatPmpServerError, MappingService | ClientPolicy | Scope.Scope> =>
+  Effect.gen(function*() {
+    const mapping = yield* MappingService
+    const policy = yield* ClientPolicy
+    const stats = { received: 0, answered: 0, refused: 0, ignored: 0, overloaded: 0 }
+    const incoming = yield* Queue.dropping<Udp.Datagram>(4096)
+    const handlers = yield* FiberSet.make<void, never>()
+    const maxConcurrent = options.maxConcurrentRequests ?? 1024
+    let active = 0
+
+    const socket = yield* Udp.open(
+      { address: options.address ?? "0.0.0.0", port: options.port ?? NatPmpMessage.ServerPort },
+      (datagram) => {
+        incoming.unsafeOffer(datagram)
+      },
+      () => {
+        // ICMP errors for answers to vanished clients: nothing to do
+      }
+    ).pipe(Effect.mapError((error) => new NatPmpServerError({ reason: error.message, cause: error })))
+
+    const reply = (response: NatPmpMessage.Response, to: Udp.Datagram) =>
+      socket.send(NatPmpMessage.encodeResponse(response), to).pipe(
+        Effect.tap(() =>
+          Effect.sync(() => {
+            stats.answered++
+          })
+        ),
+        Effect.catchAll((error) => Effect.logDebug(`answer not sent: ${error.message}`))
+      )
+
+    const serve = (datagram: Udp.Datagram, client: string) =>
+      Effect.gen(function*() {
+        const classified = NatPmpMessage.classifyDatagram(datagram.bytes)
+        switch (classified._tag) {
+          case "Ignore": {
+            stats.ignored++
+            return yield* Effect.logDebug(`ignored datagram: ${classified.reason}`)
+          }
+          case "UnsupportedVersion":
+          case "UnsupportedOpcode": {
+            const response = NatPmpMessage.errorReplyFor(classified, yield* mapping.epoch)
+            if (response !== undefined) yield* reply(response, datagram)
+            return
+          }
+          case "Request": {
+            const request = classified.request
+            if (request._tag === "PublicAddressRequest") {
+              const address = yield* mapping.publicAddress
+              return yield* reply({
+                _tag: "PublicAddressResponse",
+                resultCode: Option.isSome(address)
+                  ? NatPmpMessage.ResultCode.Success
+                  : NatPmpMessage.ResultCode.NetworkFailure,
+                epoch: yield* mapping.epoch,
+                publicAddress: Option.getOrElse(address, () => "0.0.0.0")
+              }, datagram)
+            }
+            return yield* reply(yield* mapping.handle(client, request), datagram)
+          }
+        }
+      }).pipe(
+        Effect.catchAllCause((cause) => Effect.logError("request handling failed", cause)),
+        Effect.annotateLogs({ client, clientPort: datagram.port })
+      )
+
+    yield* Effect.forkScoped(Effect.forever(
+      Effect.gen(function*() {
+        const datagram = yield* Queue.take(incoming)
+        stats.received++
+        const client = normalizeAddress(datagram.address)
+        if (!policy.isAllowed(client)) {
+          stats.refused++
+          return yield* Effect.logDebug(`dropped a datagram from ${client}: not an allowed client`)
+        }
+        if (active >= maxConcurrent) {
+          stats.overloaded++
+          return
+        }
+        active++
+        yield* FiberSet.run(
+          handlers,
+          Effect.ensuring(
+            serve(datagram, client),
+            Effect.sync(() => {
+              active--
+            })
+          )
+        )
+      })
+    ))
+
+    const announcer = options.announce === false
+      ? undefined
+      : yield* Announcer.make(
+        options.announce ?? {},
+        socket.send,
+        Effect.all({ epoch: mapping.epoch, publicAddress: mapping.publicAddress })
+      )
+    const announce = announcer === undefined ? Effect.void : announcer.announce
+    if (announcer !== undefined) {
+      const resets = yield* mapping.subscribeResets
+      yield* Effect.forkScoped(Effect.forever(Effect.zipRight(Queue.take(resets), announce)))
+      yield* announce
+    }
+
+    yield* Effect.logInfo(`NAT-PMP server listening on ${socket.address}:${socket.port}`)
+    return {
+      address: socket.address,
+      port: socket.port,
+      stats: Effect.sync(() => ({ ...stats })),
+      announce
+    } satisfies Service
+  }).pipe(Effect.annotateLogs({ service: "NatPmpServer" }))
+
+/** A layer providing {@link NatPmpServer}. */
+export const layer = (
+  options: Options = {}
+): Layer.Layer<NatPmpServer, NatPmpServerError, MappingService | ClientPolicy> =>
+  Layer.scoped(NatPmpServer, make(options))
