@@ -215,6 +215,9 @@ export const normalizeArgv = <Name extends string, R, E, A>(
       return Either.left(new UsageError({ reason: `unknown option '${name}' for '${args[subcommandIndex]}'` }))
     }
     if (flag.takesValue) {
+      if (!token.includes("=") && i + 1 >= args.length) {
+        return Either.left(new UsageError({ reason: `option '${name}' needs a value` }))
+      }
       out.push(token)
       if (!token.includes("=") && i + 1 < args.length) out.push(args[++i])
     } else {
