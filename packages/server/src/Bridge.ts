@@ -104,17 +104,22 @@ export const layerWithoutRouterOs = (
     port: config.listen.port,
     announce: config.announce === false ? false : { target: config.announce }
   })
-  const all = server.pipe(Layer.provideMerge(mapping))
-  return config.logLevel === undefined ? all : all.pipe(Layer.provide(Logger.minimumLogLevel(config.logLevel)))
+  return withLogLevel(config, server.pipe(Layer.provideMerge(mapping)))
 }
+
+const withLogLevel = <A, E, R>(config: BridgeConfig, layer: Layer.Layer<A, E, R>): Layer.Layer<A, E, R> =>
+  config.logLevel === undefined ? layer : layer.pipe(Layer.provide(Logger.minimumLogLevel(config.logLevel)))
 
 /** The whole bridge, from a configuration. */
 export const layer = (config: BridgeConfig): Layer.Layer<Services, BridgeError> =>
-  layerWithoutRouterOs(config).pipe(
-    Layer.provide(RouterOsClient.layer(config.mikrotik)),
-    Layer.tap(() =>
-      Effect.logInfo(`natpmp-bridge started: ${BridgeConfigModule.describe(config)}`).pipe(
-        Effect.annotateLogs({ service: "Bridge" })
+  withLogLevel(
+    config,
+    layerWithoutRouterOs(config).pipe(
+      Layer.provide(RouterOsClient.layer(config.mikrotik)),
+      Layer.tap(() =>
+        Effect.logInfo(`natpmp-bridge started: ${BridgeConfigModule.describe(config)}`).pipe(
+          Effect.annotateLogs({ service: "Bridge" })
+        )
       )
     )
   )

@@ -200,12 +200,16 @@ const upstreamKey = (protocol: Protocol, port: number): string => `${protocol}/$
 
 const DYNAMIC_PORTS = { min: 49152, max: 65535 }
 
-/** Runs `acquire` and registers `undo`, run when the enclosing scope closes with a failure. */
+/**
+ * Runs `acquire` and registers `undo`, run when the enclosing scope closes with a failure. Unlike
+ * `acquireRelease`, `acquire` stays interruptible: the bounded waits inside it (retransmission timeouts) rely on
+ * interruption.
+ */
 const step = <A, E, R>(
   acquire: Effect.Effect<A, E, R>,
   undo: (a: A) => Effect.Effect<void>
 ): Effect.Effect<A, E, R | Scope.Scope> =>
-  Effect.acquireRelease(acquire, (a, exit) => Exit.isFailure(exit) ? undo(a) : Effect.void)
+  Effect.tap(acquire, (a) => Effect.addFinalizer((exit) => Exit.isFailure(exit) ? undo(a) : Effect.void))
 
 /**
  * Creates the mapping service: adopts the bridge's own rules left by a previous run, then starts the expiry,

@@ -40,14 +40,17 @@ const ruleInput = (spec: RuleSpec, inInterface: string): RouterOsCommands.NatRul
   comment: spec.comment
 })
 
-/** The networks of the router's enabled addresses, excluding those on `vpnInterface`. */
+/**
+ * The router's LAN networks: the networks of its enabled static addresses, excluding the VPN interface. Dynamic
+ * addresses (DHCP client, PPPoE: the ISP side) are left out too; `ALLOWED_CLIENTS` overrides all this.
+ */
 export const lanNetworksOf = (
   addresses: ReadonlyArray<RouterOsCommands.IpAddress>,
   vpnInterface: string
 ): ReadonlyArray<Ipv4Network> => {
   const networks = new Map<string, Ipv4Network>()
   for (const address of addresses) {
-    if (address.disabled || address.invalid) continue
+    if (address.disabled || address.invalid || address.dynamic) continue
     const iface = address.actualInterface ?? address.interface
     if (iface === vpnInterface || address.interface === vpnInterface) continue
     const parsed = parseNetwork(address.address)

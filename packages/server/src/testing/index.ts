@@ -1,1 +1,2 @@
-export {}
+export * as BridgeHarness from "./BridgeHarness.js"
+export * as LanClient from "./LanClient.js"
