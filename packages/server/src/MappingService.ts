@@ -209,7 +209,11 @@ const step = <A, E, R>(
   acquire: Effect.Effect<A, E, R>,
   undo: (a: A) => Effect.Effect<void>
 ): Effect.Effect<A, E, R | Scope.Scope> =>
-  Effect.tap(acquire, (a) => Effect.addFinalizer((exit) => Exit.isFailure(exit) ? undo(a) : Effect.void))
+  Effect.tap(
+    acquire,
+    // finalizers run uninterruptibly; the undo's own timeouts need interruption
+    (a) => Effect.addFinalizer((exit) => Exit.isFailure(exit) ? Effect.interruptible(undo(a)) : Effect.void)
+  )
 
 /**
  * Creates the mapping service: adopts the bridge's own rules left by a previous run, then starts the expiry,
@@ -808,6 +812,8 @@ export const make = (
     // shutdown
     // -------------------------------------------------------------------------
 
+    // a finalizer runs uninterruptibly: the cleanup is made interruptible so its timeout (and the VPN client's
+    // retransmission timeouts) can work
     const shutdown = Effect.gen(function*() {
       stopping = true
       yield* FiberSet.awaitEmpty(operations).pipe(Effect.timeout(Duration.times(shutdownTimeout, 0.5)), Effect.ignore)
@@ -828,6 +834,7 @@ export const make = (
       ], { concurrency: "unbounded", discard: true })
       yield* Effect.logInfo(`shutdown: removed ${ownRules.length} rule(s) and ${all.length} VPN mapping(s)`)
     }).pipe(
+      Effect.interruptible,
       Effect.timeout(shutdownTimeout),
       Effect.catchAll(() =>
         Effect.logWarning(`shutdown cleanup did not finish within ${Duration.format(shutdownTimeout)}`)
