@@ -243,6 +243,12 @@ export const runMain = <Name extends string, R extends CliEnvironmentServices, E
   options: MainOptions
 ): void => {
   const name = options.name
+  // `natpmp --help | head -1`: a closed pipe ends the output, it is not an error
+  for (const stream of [process.stdout, process.stderr]) {
+    stream.on("error", (error: NodeJS.ErrnoException) => {
+      if (error.code === "EPIPE") process.exit(process.exitCode ?? 0)
+    })
+  }
   const cli = Command.run(command, { name, version: options.version })
   const parsed = normalizeArgv(command, process.argv)
   const run: Effect.Effect<void, unknown, R | CliEnvironmentServices> = Either.isLeft(parsed)

@@ -1,4 +1,3 @@
-#!/usr/bin/env node
 import * as LogLevel from "effect/LogLevel"
 import { runMain } from "../CliMain.js"
 import { command } from "../NatPmpCommand.js"
