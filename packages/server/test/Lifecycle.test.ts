@@ -207,4 +207,40 @@ describe("mapping lifecycle (end to end: LAN client → bridge → RouterOS simu
       expect(response).toMatchObject({ resultCode: 2, internalPort: 0, externalPort: 0, lifetime: 0 })
       expect(yield* h.vpn.mappings).toEqual([])
     }).pipe(Effect.scoped))
+
+  it.live("VPN_PORT_MODE=translate (RFC gateway): the rule matches the requested internal port", () =>
+    Effect.gen(function*() {
+      const h = yield* harness({ vpnMode: "rfc", bridge: { portMode: "translate" } })
+      const client = yield* h.client("127.0.0.20")
+      const response = yield* client.map({ protocol: "tcp", internalPort: 51413, suggestedExternalPort: 40000 })
+      expect(response).toMatchObject({ resultCode: 0, externalPort: 40000, lifetime: 7200 })
+      const [upstream] = yield* h.vpn.mappings
+      expect(upstream).toMatchObject({ internalPort: 51413, externalPort: 40000 })
+      const [rule] = yield* ownRules(h)
+      expect(rule).toMatchObject({ "dst-port": "51413", "to-addresses": "127.0.0.20", "to-ports": "51413" })
+      // a new public port on renewal changes nothing on the router: the rule matches the internal port
+      yield* h.vpn.changePortsOnRenewal(true)
+      const { commands, result: renewed } = yield* routerCommands(
+        h,
+        client.map({ protocol: "tcp", internalPort: 51413, suggestedExternalPort: 40000 })
+      )
+      expect(renewed.resultCode).toBe(0)
+      expect(renewed.externalPort).not.toBe(40000)
+      expect(commands).toEqual([])
+      expect((yield* ownRules(h))[0]["dst-port"]).toBe("51413")
+    }).pipe(Effect.scoped))
+
+  it.live("VPN_PORT_MODE=same (ProtonVPN): the rule matches the public port P", () =>
+    Effect.gen(function*() {
+      const h = yield* harness({ vpnMode: "protonvpn", bridge: { portMode: "same" } })
+      const client = yield* h.client("127.0.0.21")
+      const tcp = yield* client.map({ protocol: "tcp", internalPort: 6881 })
+      const udp = yield* client.map({ protocol: "udp", internalPort: 6881 })
+      expect(udp.externalPort).toBe(tcp.externalPort) // ProtonVPN gives both protocols one port
+      const rules = yield* ownRules(h)
+      expect(rules.map((rule) => [rule.protocol, rule["dst-port"], rule["to-ports"]]).sort()).toEqual([
+        ["tcp", String(tcp.externalPort), "6881"],
+        ["udp", String(udp.externalPort), "6881"]
+      ])
+    }).pipe(Effect.scoped))
 })
