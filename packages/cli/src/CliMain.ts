@@ -232,6 +232,8 @@ export interface MainOptions {
   readonly version: string
   /** Log level unless LOG_LEVEL says otherwise. */
   readonly defaultLogLevel: LogLevel.LogLevel
+  /** The command line (default `process.argv`). */
+  readonly argv?: ReadonlyArray<string> | undefined
 }
 
 /**
@@ -250,7 +252,7 @@ export const runMain = <Name extends string, R extends CliEnvironmentServices, E
     })
   }
   const cli = Command.run(command, { name, version: options.version })
-  const parsed = normalizeArgv(command, process.argv)
+  const parsed = normalizeArgv(command, options.argv ?? process.argv)
   const run: Effect.Effect<void, unknown, R | CliEnvironmentServices> = Either.isLeft(parsed)
     ? Effect.fail(parsed.left)
     : cli(parsed.right).pipe(
@@ -302,10 +304,12 @@ const stderrLogger = Logger.map(Logger.logfmtLogger, (line) => {
   process.stderr.write(line + "\n")
 })
 
-const logLevelFromEnv = (fallback: LogLevel.LogLevel): LogLevel.LogLevel => {
-  const value = process.env.LOG_LEVEL?.toUpperCase()
+/** The log level LOG_LEVEL names (DEBUG, INFO, WARN/WARNING, ERROR, ...), or `fallback`. */
+export const logLevelFromEnv = (fallback: LogLevel.LogLevel): LogLevel.LogLevel => {
+  const value = process.env.LOG_LEVEL?.trim().toUpperCase()
+  const label = value === "WARN" ? "WARNING" : value
   return Option.getOrElse(
-    Option.fromNullable(LogLevel.allLevels.find((level) => level.label === value)),
+    Option.fromNullable(LogLevel.allLevels.find((level) => level.label === label)),
     () => fallback
   )
 }

@@ -69,10 +69,14 @@ export const start = (bin: Bin, args: ReadonlyArray<string>, options: RunOptions
           millis: Date.now() - started
         })
       })))
-    const waitForLine = (predicate: (line: string) => boolean, timeout: Duration.DurationInput = "10 seconds") =>
+    const waitForLine = (
+      predicate: (line: string) => boolean,
+      timeout: Duration.DurationInput = "10 seconds",
+      stream: "stdout" | "stderr" = "stdout"
+    ) =>
       Effect.gen(function*() {
         while (true) {
-          const found = lines(yield* Ref.get(stdout)).find(predicate)
+          const found = lines(yield* Ref.get(stream === "stdout" ? stdout : stderr)).find(predicate)
           if (found !== undefined) return found
           if (yield* Deferred.isDone(exited)) {
             return yield* Effect.dieMessage(

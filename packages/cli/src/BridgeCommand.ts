@@ -1,0 +1,22 @@
+/**
+ * The `natpmp-bridge` command: `serve`, `check` and `demo`.
+ */
+import * as Command from "@effect/cli/Command"
+import type { ExtractedFlags } from "./BridgeSettingsOptions.js"
+import * as CheckCommand from "./CheckCommand.js"
+import { UsageError } from "./CliMain.js"
+import * as DemoCommand from "./DemoCommand.js"
+import * as ServeCommand from "./ServeCommand.js"
+
+/** The commands whose flags are the bridge settings. */
+export const settingsCommands = ["serve", "check"] as const
+
+export const make = (extracted: ExtractedFlags) =>
+  Command.make("natpmp-bridge").pipe(
+    Command.withHandler(() => new UsageError({ reason: "missing command: serve, check or demo" })),
+    Command.withDescription(
+      "NAT-PMP server for double NAT: LAN clients behind a MikroTik router whose internet leg is a NAT-PMP VPN " +
+        "(e.g. ProtonVPN) get public ports through the VPN and matching dst-nat rules on the router"
+    ),
+    Command.withSubcommands([ServeCommand.make(extracted), CheckCommand.make(extracted), DemoCommand.command])
+  )
