@@ -2,8 +2,10 @@
  * The `natpmp-bridge` command: `serve`, `check` and `demo`.
  */
 import * as Command from "@effect/cli/Command"
-import type { ExtractedFlags } from "./BridgeSettingsOptions.js"
+import type * as Option from "effect/Option"
+import type { ExtractedFlags, ParsedSettings } from "./BridgeSettingsOptions.js"
 import * as CheckCommand from "./CheckCommand.js"
+import type { CommandFailure } from "./CliMain.js"
 import { UsageError } from "./CliMain.js"
 import * as DemoCommand from "./DemoCommand.js"
 import * as ServeCommand from "./ServeCommand.js"
@@ -11,7 +13,14 @@ import * as ServeCommand from "./ServeCommand.js"
 /** The commands whose flags are the bridge settings. */
 export const settingsCommands = ["serve", "check"] as const
 
-export const make = (extracted: ExtractedFlags) =>
+export const make = (
+  extracted: ExtractedFlags
+): Command.Command<
+  "natpmp-bridge",
+  never,
+  UsageError | CommandFailure,
+  { readonly subcommand: Option.Option<{} | ParsedSettings | CheckCommand.CheckSettings> }
+> =>
   Command.make("natpmp-bridge").pipe(
     Command.withHandler(() => new UsageError({ reason: "missing command: serve, check or demo" })),
     Command.withDescription(

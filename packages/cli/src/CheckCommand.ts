@@ -15,8 +15,9 @@ import * as Logger from "effect/Logger"
 import * as LogLevel from "effect/LogLevel"
 import * as Option from "effect/Option"
 import { createSocket } from "node:dgram"
-import type { ExtractedFlags } from "./BridgeSettingsOptions.js"
+import type { ExtractedFlags, ParsedSettings } from "./BridgeSettingsOptions.js"
 import { resolveConfig, settingsOptions } from "./BridgeSettingsOptions.js"
+import type { UsageError } from "./CliMain.js"
 import { CommandFailure, describeError, logLevelFromEnv } from "./CliMain.js"
 
 const bridgeAddress = Options.text("bridge-address").pipe(
@@ -165,7 +166,12 @@ const check = (config: BridgeConfig.BridgeConfig, bridgeAddressFlag: Option.Opti
     }
   })
 
-export const make = (extracted: ExtractedFlags) =>
+/** What `check` parses: the bridge settings and `--bridge-address`. */
+export type CheckSettings = ParsedSettings & { readonly bridgeAddress: Option.Option<string> }
+
+export const make = (
+  extracted: ExtractedFlags
+): Command.Command<"check", never, UsageError | CommandFailure, CheckSettings> =>
   Command.make(
     "check",
     { ...settingsOptions, bridgeAddress },

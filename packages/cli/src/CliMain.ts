@@ -139,6 +139,10 @@ export const describeError = (error: unknown): string => {
   return String(error)
 }
 
+/** Any failure as a {@link CommandFailure} with its one-line message. */
+export const toCommandFailure = (exitCode: number) => (error: unknown): CommandFailure =>
+  error instanceof CommandFailure ? error : new CommandFailure({ reason: describeError(error), exitCode })
+
 const exitCodeOf = (exit: Exit.Exit<unknown, unknown>): number =>
   Exit.match(exit, {
     onSuccess: (code) => (typeof code === "number" ? code : 0),

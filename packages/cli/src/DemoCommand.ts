@@ -14,7 +14,7 @@ import * as Console from "effect/Console"
 import * as Effect from "effect/Effect"
 import * as Logger from "effect/Logger"
 import * as LogLevel from "effect/LogLevel"
-import { CommandFailure, logLevelFromEnv } from "./CliMain.js"
+import { CommandFailure, logLevelFromEnv, toCommandFailure } from "./CliMain.js"
 
 const label = (name: string) => `  ${name.padEnd(13)}`
 
@@ -124,10 +124,10 @@ const demo = Effect.scoped(Effect.gen(function*() {
   yield* Console.log("\nDone: every layer is clean.")
 }))
 
-export const command = Command.make(
+export const command: Command.Command<"demo", never, CommandFailure, {}> = Command.make(
   "demo",
   {},
-  () => Logger.withMinimumLogLevel(demo, logLevelFromEnv(LogLevel.Warning))
+  () => demo.pipe(Effect.mapError(toCommandFailure(1)), Logger.withMinimumLogLevel(logLevelFromEnv(LogLevel.Warning)))
 ).pipe(
   Command.withDescription(
     "run the bridge between a RouterOS simulator and a ProtonVPN-like NAT-PMP gateway simulator on loopback, map, " +
