@@ -22,6 +22,7 @@ import * as Deferred from "effect/Deferred"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
+import * as FiberId from "effect/FiberId"
 import * as FiberSet from "effect/FiberSet"
 import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
@@ -323,6 +324,30 @@ export const make = (
     // new mapping
     // -------------------------------------------------------------------------
 
+    /**
+     * The dstnat rules for a conflict check. New mappings arriving while a print is in flight share it instead of
+     * each printing the whole table (a burst of N new mappings costs far fewer than N prints). Rules of the bridge's
+     * own concurrent mappings need no print: their ports are reserved locally.
+     */
+    let printInFlight: Deferred.Deferred<ReadonlyArray<NatRule>, RouterError> | undefined
+    const sharedRules: Effect.Effect<ReadonlyArray<NatRule>, RouterError> = Effect.suspend(() => {
+      if (printInFlight !== undefined) return Deferred.await(printInFlight)
+      const result = Deferred.unsafeMake<ReadonlyArray<NatRule>, RouterError>(FiberId.none)
+      printInFlight = result
+      return router.dstNatRules.pipe(
+        Effect.exit,
+        Effect.flatMap((exit) => {
+          printInFlight = undefined
+          return Effect.zipRight(Deferred.done(result, exit), exit)
+        }),
+        Effect.onInterrupt(() =>
+          Effect.sync(() => {
+            if (printInFlight === result) printInFlight = undefined
+          }).pipe(Effect.zipRight(Deferred.interrupt(result)))
+        )
+      )
+    })
+
     const reserveUpstream = (
       protocol: Protocol,
       candidates: ReadonlyArray<number>,
@@ -394,10 +419,10 @@ export const make = (
             () => logUndo("VPN unmap")(vpn.unmap(protocol, upstreamPort))
           )
           routerPort = upstream.externalPort
-          const rules = yield* router.dstNatRules
+          const rules = yield* sharedRules
           yield* checkFree(rules, routerPort)
         } else {
-          const rules = yield* router.dstNatRules
+          const rules = yield* sharedRules
           const candidates = [internalPort, request.suggestedExternalPort]
           upstreamPort = yield* step(
             reserveUpstream(
@@ -665,6 +690,8 @@ export const make = (
     // -------------------------------------------------------------------------
 
     const reconcile: Effect.Effect<ReconcileReport, RouterError> = Effect.gen(function*() {
+      // leases recorded before the print: a lease recorded later may have a rule the print does not show yet
+      const snapshot = [...leases.entries()]
       const rules = yield* router.dstNatRules
       const byId = new Map(rules.map((rule) => [rule.id, rule]))
       const orphans: Array<string> = []
@@ -682,14 +709,14 @@ export const make = (
       }
       let recreated = 0
       let fixed = 0
-      for (const [key, snapshot] of [...leases.entries()]) {
-        const rule = byId.get(snapshot.ruleId)
-        if (rule !== undefined && ruleMatchesSpec(rule, specOf(snapshot), router.inInterface)) continue
+      for (const [key, before] of snapshot) {
+        const rule = byId.get(before.ruleId)
+        if (rule !== undefined && ruleMatchesSpec(rule, specOf(before), router.inInterface)) continue
         yield* locks.withLock(
           key,
           Effect.gen(function*() {
             const lease = leases.get(key)
-            if (lease === undefined || lease.ruleId !== snapshot.ruleId) return
+            if (lease === undefined || lease.ruleId !== before.ruleId) return
             const spec = specOf(lease)
             if (rule === undefined) {
               const ruleId = yield* router.addRule(spec)

@@ -1,6 +1,10 @@
 import { describe, expect, it } from "@effect/vitest"
 import { NatPmpClient } from "@natpmp-bridge/core"
+import { Bridge } from "@natpmp-bridge/server"
+import { LanClient } from "@natpmp-bridge/server/testing"
+import * as ConfigProvider from "effect/ConfigProvider"
 import * as Effect from "effect/Effect"
+import * as Fiber from "effect/Fiber"
 import { environment, eventually, harness, ownRules, routerCommands } from "./helpers.js"
 
 const foreignRule = {
@@ -65,6 +69,25 @@ describe("reconciliation, adoption, shutdown, upstream state loss", () => {
       )
       // nothing left to do
       expect(yield* h.bridge.mapping.reconcile).toEqual({ removed: 0, recreated: 0, fixed: 0 })
+    }).pipe(Effect.scoped))
+
+  it.live("reconciliation racing a burst of new mappings neither duplicates nor removes their rules", () =>
+    Effect.gen(function*() {
+      const h = yield* harness()
+      const client = yield* h.client("127.0.0.20")
+      const reports = yield* Effect.all([
+        Effect.forEach(
+          Array.from({ length: 30 }, (_, i) => 20000 + i),
+          (port) => client.map({ protocol: "tcp", internalPort: port }),
+          { concurrency: "unbounded" }
+        ),
+        Effect.forEach([0, 1, 2, 3, 4], () => Effect.zipRight(Effect.sleep("5 millis"), h.bridge.mapping.reconcile))
+      ], { concurrency: "unbounded" }).pipe(Effect.map(([, reports]) => reports))
+      expect(reports.every((report) => report.recreated === 0 && report.removed === 0)).toBe(true)
+      const rules = yield* ownRules(h)
+      expect(rules).toHaveLength(30)
+      const leases = yield* h.bridge.mapping.leases
+      expect(new Set(leases.map((lease) => lease.ruleId))).toEqual(new Set(rules.map((rule) => rule[".id"])))
     }).pipe(Effect.scoped))
 
   it.live("the reconciliation fiber runs every RECONCILE_INTERVAL", () =>
@@ -221,5 +244,37 @@ describe("reconciliation, adoption, shutdown, upstream state loss", () => {
       expect(yield* eventually(Effect.map(h.announcements, (a) => a.length > before))).toBe(true)
       expect((yield* h.announcements)[before].response.publicAddress).toBe("198.51.100.7")
       expect((yield* client.publicAddress).publicAddress).toBe("198.51.100.7")
+    }).pipe(Effect.scoped))
+})
+
+describe("Bridge.serve", () => {
+  it.live("serveConfig: runs from environment variables until interrupted, then cleans up", () =>
+    Effect.gen(function*() {
+      const env = yield* environment()
+      const vars = {
+        VPN_GATEWAY: env.vpn.address,
+        VPN_GATEWAY_PORT: String(env.vpn.port),
+        MIKROTIK_API_ADDRESS: `${env.router.host}:${env.router.port}`,
+        MIKROTIK_API_USER: env.router.user,
+        MIKROTIK_API_PASSWORD: env.router.password,
+        LISTEN_ADDR: "127.0.0.1:0",
+        ANNOUNCE_ADDR: `${env.announcementTarget.address}:${env.announcementTarget.port}`,
+        ALLOWED_CLIENTS: "127.0.0.16/28",
+        LOG_LEVEL: "ERROR",
+        BRIDGE_ID: "served"
+      }
+      const running = yield* Bridge.serveConfig.pipe(
+        Effect.withConfigProvider(ConfigProvider.fromMap(new Map(Object.entries(vars)))),
+        Effect.fork
+      )
+      // the first announcement comes from the server's (ephemeral) port
+      expect(yield* eventually(Effect.map(env.announcements, (a) => a.length > 0))).toBe(true)
+      const [first] = yield* env.announcements
+      const client = yield* LanClient.make({ address: "127.0.0.20", bridge: first.from })
+      expect((yield* client.map({ protocol: "tcp", internalPort: 51413 })).resultCode).toBe(0)
+      expect(yield* ownRules(env, "served")).toHaveLength(1)
+      yield* Fiber.interrupt(running)
+      expect(yield* ownRules(env, "served")).toEqual([])
+      expect(yield* env.vpn.mappings).toEqual([])
     }).pipe(Effect.scoped))
 })

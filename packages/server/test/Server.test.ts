@@ -128,6 +128,7 @@ describe("NAT-PMP server (RFC 6886 gateway side)", () => {
         ["127.0.0.20", "127.0.0.21", "127.0.0.22", "127.0.0.23"],
         (address) => h.client(address)
       )
+      yield* h.router.resetCounters
       const answers = yield* Effect.forEach(
         clients.flatMap((client) => [1, 2, 3, 4, 5].map((port) => ({ client, port }))),
         ({ client, port }) => client.map({ protocol: "udp", internalPort: 10000 + port }),
@@ -137,5 +138,8 @@ describe("NAT-PMP server (RFC 6886 gateway side)", () => {
       expect(new Set(answers.map((answer) => answer.externalPort)).size).toBe(20)
       expect(yield* ownRules(h)).toHaveLength(20)
       expect(yield* h.vpn.mappings).toHaveLength(20)
+      // new mappings in flight together share their conflict-check prints
+      expect(yield* h.router.commandCount("/ip/firewall/nat/add")).toBe(20)
+      expect(yield* h.router.commandCount("/ip/firewall/nat/print")).toBeLessThanOrEqual(20)
     }).pipe(Effect.scoped))
 })

@@ -92,14 +92,14 @@ export interface Environment {
   readonly clientOf: (
     bridge: RunningBridge,
     address: string
-  ) => Effect.Effect<LanClient.LanClient, Udp.UdpError, Scope.Scope>
+  ) => Effect.Effect<LanClient.LanClient, LanClient.LanClientError, Scope.Scope>
 }
 
 /** The simulators with a running bridge. */
 export interface BridgeHarness extends Environment {
   readonly bridge: RunningBridge
   /** A LAN client with source address `address` talking to the harness's bridge. */
-  readonly client: (address: string) => Effect.Effect<LanClient.LanClient, Udp.UdpError, Scope.Scope>
+  readonly client: (address: string) => Effect.Effect<LanClient.LanClient, LanClient.LanClientError, Scope.Scope>
 }
 
 const configFor = (
@@ -131,7 +131,7 @@ export const makeEnvironment = (
   Environment,
   | RouterOsSimulator.RouterOsSimulatorError
   | NatPmpGatewaySimulatorError
-  | Udp.UdpError
+  | LanClient.LanClientError
   | BridgeConfigModule.BridgeConfigError,
   Scope.Scope
 > =>
@@ -142,7 +142,8 @@ export const makeEnvironment = (
       ...(options.routerVersion === 6
         ? RouterOsSimulator.vpnRouterV6(seedOptions)
         : RouterOsSimulator.vpnRouterV7(seedOptions)),
-      natRules: options.natRules
+      natRules: options.natRules,
+      password: "natpmp-test"
     })
 
     const announcements: Array<Announcement> = []
@@ -155,7 +156,9 @@ export const makeEnvironment = (
           at: Date.now()
         })
       }
-    }, () => {})
+    }, () => {}).pipe(
+      Effect.mapError((error) => new LanClient.LanClientError({ reason: `announcement sink: ${error.message}` }))
+    )
     const announcementTarget = { address: sink.address, port: sink.port }
 
     const vpn = yield* NatPmpGatewaySimulator.make({
@@ -207,7 +210,7 @@ export const make = (
   BridgeHarness,
   | RouterOsSimulator.RouterOsSimulatorError
   | NatPmpGatewaySimulatorError
-  | Udp.UdpError
+  | LanClient.LanClientError
   | BridgeConfigModule.BridgeConfigError
   | Bridge.BridgeError,
   Scope.Scope

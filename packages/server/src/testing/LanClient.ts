@@ -7,9 +7,11 @@
  */
 import { NatPmpMessage } from "@natpmp-bridge/core"
 import * as Data from "effect/Data"
+import * as Deferred from "effect/Deferred"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Either from "effect/Either"
+import * as Exit from "effect/Exit"
 import * as Option from "effect/Option"
 import * as Queue from "effect/Queue"
 import type * as Scope from "effect/Scope"
@@ -24,6 +26,18 @@ export class LanClientTimeoutError extends Data.TaggedError("LanClientTimeoutErr
     return `LAN client ${this.client}: no answer within ${Duration.format(this.timeout)}`
   }
 }
+
+/** The client's socket failed (bind, send). */
+export class LanClientError extends Data.TaggedError("LanClientError")<{
+  readonly reason: string
+  readonly cause?: unknown
+}> {
+  override get message(): string {
+    return `LAN client: ${this.reason}`
+  }
+}
+
+const socketError = (error: Udp.UdpError) => new LanClientError({ reason: error.message, cause: error })
 
 /** A datagram the client received. */
 export interface Received {
@@ -40,15 +54,22 @@ export interface LanClient {
   readonly address: string
   readonly port: number
   /** Sends raw bytes to the bridge. */
-  readonly send: (bytes: Uint8Array) => Effect.Effect<void, Udp.UdpError>
+  readonly send: (bytes: Uint8Array) => Effect.Effect<void, LanClientError>
   /** Waits for the next datagram (or fails after `timeout`, default 3 s). */
   readonly receive: (timeout?: Duration.DurationInput) => Effect.Effect<Received, LanClientTimeoutError>
   /** Nothing arrives within `wait` (default 300 ms): `true`. */
   readonly silentFor: (wait?: Duration.DurationInput) => Effect.Effect<boolean>
-  /** Sends a request and waits for its answer (skipping others); `elapsed` in milliseconds. */
+  /**
+   * Sends a request and waits for its answer (concurrent requests each get theirs; other datagrams stay for
+   * `receive`); `elapsed` in milliseconds. With `retransmit`, the request is sent again after 250 ms, doubling,
+   * like an RFC client (default: sent once).
+   */
   readonly request: (
     request: NatPmpMessage.Request,
-    options?: { readonly timeout?: Duration.DurationInput | undefined }
+    options?: {
+      readonly timeout?: Duration.DurationInput | undefined
+      readonly retransmit?: boolean | undefined
+    }
   ) => Effect.Effect<{ readonly response: NatPmpMessage.Response; readonly elapsed: number }, LanClientTimeoutError>
   /** Op 1/2 (lifetime default 7200). */
   readonly map: (options: {
@@ -70,23 +91,37 @@ export interface LanClient {
 export const make = (options: {
   readonly address: string
   readonly bridge: { readonly address: string; readonly port: number }
-}): Effect.Effect<LanClient, Udp.UdpError, Scope.Scope> =>
+}): Effect.Effect<LanClient, LanClientError, Scope.Scope> =>
   Effect.gen(function*() {
     const inbox = yield* Queue.unbounded<Received>()
+    // requests waiting for their answer; answers nobody waits for go to the inbox
+    const waiters = new Set<{
+      readonly request: NatPmpMessage.Request
+      readonly answer: Deferred.Deferred<NatPmpMessage.Response>
+    }>()
     const socket = yield* Udp.open(
       { address: options.address, port: 0 },
       (datagram) => {
-        const decoded = NatPmpMessage.decodeResponse(datagram.bytes)
+        const response = Either.getRight(NatPmpMessage.decodeResponse(datagram.bytes))
+        if (Option.isSome(response)) {
+          for (const waiter of waiters) {
+            if (matches(waiter.request, response.value)) {
+              waiters.delete(waiter)
+              Deferred.unsafeDone(waiter.answer, Exit.succeed(response.value))
+              return
+            }
+          }
+        }
         inbox.unsafeOffer({
           bytes: datagram.bytes,
-          response: Either.getRight(decoded),
+          response,
           from: { address: datagram.address, port: datagram.port },
           at: Date.now()
         })
       },
       () => {}
-    )
-    const send = (bytes: Uint8Array) => socket.send(bytes, options.bridge)
+    ).pipe(Effect.mapError(socketError))
+    const send = (bytes: Uint8Array) => socket.send(bytes, options.bridge).pipe(Effect.mapError(socketError))
 
     const receive = (timeout: Duration.DurationInput = Duration.seconds(3)) =>
       Queue.take(inbox).pipe(
@@ -116,21 +151,34 @@ export const make = (options: {
       }
     }
 
-    const request = (
-      message: NatPmpMessage.Request,
-      requestOptions?: { readonly timeout?: Duration.DurationInput | undefined }
-    ) =>
+    const request: LanClient["request"] = (message, requestOptions) =>
       Effect.gen(function*() {
         const timeout = Duration.decode(requestOptions?.timeout ?? Duration.seconds(3))
         const started = Date.now()
-        yield* Effect.orDie(send(NatPmpMessage.encodeRequest(message)))
-        while (true) {
-          const received = yield* receive(timeout)
-          if (Option.isSome(received.response) && matches(message, received.response.value)) {
-            return { response: received.response.value, elapsed: Date.now() - started }
-          }
+        const bytes = NatPmpMessage.encodeRequest(message)
+        const answer = yield* Deferred.make<NatPmpMessage.Response>()
+        const waiter = { request: message, answer }
+        yield* Effect.acquireRelease(
+          Effect.sync(() => waiters.add(waiter)),
+          () => Effect.sync(() => waiters.delete(waiter))
+        )
+        yield* Effect.orDie(send(bytes))
+        if (requestOptions?.retransmit === true) {
+          yield* Effect.forkScoped(Effect.gen(function*() {
+            for (let wait = 250;; wait *= 2) {
+              yield* Effect.sleep(Duration.millis(wait))
+              yield* Effect.ignore(send(bytes))
+            }
+          }))
         }
-      })
+        const response = yield* Deferred.await(answer).pipe(
+          Effect.timeoutFail({
+            duration: timeout,
+            onTimeout: () => new LanClientTimeoutError({ client: options.address, timeout })
+          })
+        )
+        return { response, elapsed: Date.now() - started }
+      }).pipe(Effect.scoped)
 
     const map: LanClient["map"] = (mapOptions) =>
       request({
