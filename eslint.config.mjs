@@ -31,7 +31,11 @@ export default tseslint.config(
     }
   },
   {
-    files: ["**/test/**", "bench/**", "**/src/bin/**"],
+    files: ["**/test/**", "**/bench/**", "**/src/bin/**"],
     rules: { "no-console": "off" }
+  },
+  {
+    files: ["**/bench/**"],
+    rules: { "no-restricted-syntax": "off" }
   }
 )
