@@ -12,13 +12,16 @@
 import * as esbuild from "esbuild"
 import { execFileSync } from "node:child_process"
 import { createSocket } from "node:dgram"
-import { chmod, readdir, rm, writeFile } from "node:fs/promises"
+import { chmod, mkdir, readdir, rename, rm, writeFile } from "node:fs/promises"
 import * as path from "node:path"
 import { fileURLToPath } from "node:url"
 
 const here = path.dirname(fileURLToPath(import.meta.url))
 const packages = path.join(here, "..")
-const outdir = path.join(here, "dist", "bin")
+const bindir = path.join(here, "dist", "bin")
+// Built aside, then moved into dist/bin file by file (rename is atomic): bins that run while another build is going
+// on (tests, the demo) always find complete files.
+const outdir = path.join(here, "dist", `.bin-${process.pid}`)
 
 /** `@natpmp-bridge/core`, `@natpmp-bridge/server` and their `/testing` entries -> TypeScript sources. */
 const workspaceSources = {
@@ -66,6 +69,7 @@ const names = (await readdir(path.join(here, "src", "bin")))
   .map((file) => path.basename(file, ".ts"))
 
 await rm(outdir, { recursive: true, force: true })
+await mkdir(bindir, { recursive: true })
 const result = await esbuild.build({
   entryPoints: names.map((name) => path.join(here, "src", "bin", `${name}.ts`)),
   outdir,
@@ -120,3 +124,13 @@ for (const name of names) {
     }
   }
 }
+
+for (const name of names) {
+  for (const file of [`${name}.cjs`, `${name}.cjs.cache`, `${name}.js`]) {
+    await rename(path.join(outdir, file), path.join(bindir, file)).catch((error) => {
+      // no cache when the warm-up could not run: the first run of the bin writes it
+      if (!(file.endsWith(".cache") && error.code === "ENOENT")) throw error
+    })
+  }
+}
+await rm(outdir, { recursive: true, force: true })

@@ -82,8 +82,8 @@ describe("natpmp-bridge", () => {
           )
           const port = Number(/listening on 127\.0\.0\.1:(\d+)/.exec(listening)?.[1])
           expect(port).toBeGreaterThan(0)
-          // --log-level DEBUG reached the bridge (LOG_LEVEL=ERROR would hide the info lines)
-          expect(yield* serve.stderr).toMatch(/natpmp-bridge started: .*id=clitest/)
+          // the flags won: --log-level (LOG_LEVEL=ERROR would hide the info lines) and --bridge-id
+          yield* serve.waitForLine((line) => /natpmp-bridge started: .*id=clitest/.test(line), "5 seconds", "stderr")
 
           const mapping = yield* Effect.scoped(Effect.gen(function*() {
             const client = yield* NatPmpClient.make({ gateway: "127.0.0.1", port, announcements: false })
