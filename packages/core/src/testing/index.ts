@@ -1,3 +1,8 @@
-export {}
+/**
+ * Simulators that speak the real wire protocols, for tests, demos and benchmarks: a NAT-PMP gateway and a RouterOS
+ * API server.
+ *
+ * @since 0.1.0
+ */
 export * as NatPmpGatewaySimulator from "./NatPmpGatewaySimulator.js"
 export * as RouterOsSimulator from "./RouterOsSimulator.js"
