@@ -195,6 +195,8 @@ export interface Options {
   readonly gateway: string
   /** The gateway's NAT-PMP port (default 5351). */
   readonly port?: number | undefined
+  /** Local address to bind the request socket to (default: any); for multi-homed hosts. */
+  readonly localAddress?: string | undefined
   /** Wait before the first retransmission, doubled after each (default 250 ms). */
   readonly initialTimeout?: Duration.DurationInput | undefined
   /** Sends per request before giving up (default 9, about 127.75 s in total with the default timeout). */
@@ -240,7 +242,7 @@ export const make = (options: Options): Effect.Effect<Service, NatPmpSocketError
 
     const incoming = yield* Queue.sliding<Udp.Incoming>(256)
     const socket = yield* Udp.open(
-      { connect: { address: options.gateway, port } },
+      { address: options.localAddress, connect: { address: options.gateway, port } },
       (datagram) => incoming.unsafeOffer(datagram)
     ).pipe(Effect.mapError(socketError))
     const gateway = (yield* Udp.remoteAddress(socket).pipe(Effect.mapError(socketError))).address
@@ -333,7 +335,9 @@ export const make = (options: Options): Effect.Effect<Service, NatPmpSocketError
                 : socketError(failure)
             )
           )
-          const reply = yield* Effect.timeoutOption(awaitReply(request), timeout)
+          // The wait runs interruptibly in the timeout's own fiber, so the timeout also ends it when the caller
+          // is uninterruptible (finalizers, releases, scope undos).
+          const reply = yield* Effect.timeoutOption(Effect.interruptible(awaitReply(request)), timeout)
           if (Option.isSome(reply)) {
             yield* observeEpoch(reply.value.epoch)
             return reply.value

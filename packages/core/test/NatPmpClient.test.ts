@@ -1,8 +1,10 @@
 import { assert, describe, expect, it } from "@effect/vitest"
 import { NatPmpClient, NatPmpMessage } from "@natpmp-bridge/core"
 import { NatPmpGatewaySimulator } from "@natpmp-bridge/core/testing"
+import * as Deferred from "effect/Deferred"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
+import * as Either from "effect/Either"
 import * as Fiber from "effect/Fiber"
 import * as Option from "effect/Option"
 import * as Queue from "effect/Queue"
@@ -105,6 +107,14 @@ describe("NatPmpClient", () => {
         const exit = yield* Effect.exit(client.map({ protocol: "udp", internalPort: 70000 }))
         expect(String(exit)).toContain("internalPort must be an integer in 1..65535, got 70000")
       }))
+
+    it.live("localAddress binds the request socket to that address", () =>
+      Effect.gen(function*() {
+        const { client, simulator } = yield* gatewayAndClient({ client: { localAddress: "127.0.0.20" } })
+        yield* client.publicAddress
+        const received = yield* simulator.received
+        expect(received.map((datagram) => datagram.from.address)).toEqual(["127.0.0.20"])
+      }).pipe(Effect.scoped))
   })
 
   describe("retransmission", () => {
@@ -175,6 +185,40 @@ describe("NatPmpClient", () => {
         yield* simulator.setUnreachable(false)
         const mapping = yield* client.map({ protocol: "tcp", internalPort: 8080 })
         expect(mapping.internalPort).toBe(8080)
+      }).pipe(Effect.scoped))
+
+    it.live("inside an uninterruptible region a silent gateway still times out after maxAttempts sends", () =>
+      Effect.gen(function*() {
+        const { client, simulator } = yield* gatewayAndClient({
+          client: { initialTimeout: Duration.millis(20), maxAttempts: 3 }
+        })
+        yield* simulator.setSilent(true)
+        const error = yield* Effect.flip(Effect.uninterruptible(client.unmap("udp", 5000)))
+        assert(error._tag === "NatPmpTimeoutError")
+        expect(error.message).toContain("to the UDP mapping request after 3 attempts (140ms)")
+        expect(yield* simulator.requestCount).toBe(3)
+      }).pipe(Effect.scoped))
+
+    it.live("an unmap in the release of an interrupted fiber times out after maxAttempts sends", () =>
+      Effect.gen(function*() {
+        const { client, simulator } = yield* gatewayAndClient({
+          client: { initialTimeout: Duration.millis(20), maxAttempts: 3 }
+        })
+        yield* simulator.setSilent(true)
+        const released = yield* Deferred.make<Either.Either<void, NatPmpClient.NatPmpError>>()
+        const fiber = yield* Effect.fork(Effect.scoped(
+          Effect.acquireRelease(
+            Effect.void,
+            () =>
+              Effect.flatMap(Effect.either(client.unmap("tcp", 8080)), (result) => Deferred.succeed(released, result))
+          ).pipe(Effect.zipRight(Effect.never))
+        ))
+        yield* Effect.yieldNow()
+        yield* Fiber.interrupt(fiber)
+        const result = yield* Deferred.await(released)
+        assert(Either.isLeft(result) && result.left._tag === "NatPmpTimeoutError")
+        expect(result.left.message).toContain("to the TCP mapping request after 3 attempts (140ms)")
+        expect(yield* simulator.requestCount).toBe(3)
       }).pipe(Effect.scoped))
   })
 
