@@ -27,8 +27,8 @@ import * as Ref from "effect/Ref"
 import type * as Scope from "effect/Scope"
 import * as Stream from "effect/Stream"
 import * as SubscriptionRef from "effect/SubscriptionRef"
-import * as Udp from "./internal/udpSocket.js"
 import * as NatPmpMessage from "./NatPmpMessage.js"
+import * as Udp from "./UdpSocket.js"
 
 type Protocol = NatPmpMessage.Protocol
 

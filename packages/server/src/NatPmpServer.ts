@@ -11,7 +11,7 @@
  *
  * @since 0.1.0
  */
-import { NatPmpMessage } from "@natpmp-bridge/core"
+import { NatPmpMessage, UdpSocket as Udp } from "@natpmp-bridge/core"
 import * as Context from "effect/Context"
 import * as Data from "effect/Data"
 import * as Effect from "effect/Effect"
@@ -22,7 +22,6 @@ import * as Queue from "effect/Queue"
 import type * as Scope from "effect/Scope"
 import * as Announcer from "./Announcer.js"
 import { ClientPolicy, normalizeAddress } from "./ClientPolicy.js"
-import * as Udp from "./internal/udp.js"
 import { MappingService } from "./MappingService.js"
 
 /** Server options. */
@@ -87,16 +86,17 @@ export const make = (
 
     const socket = yield* Udp.open(
       { address: options.address ?? "0.0.0.0", port: options.port ?? NatPmpMessage.ServerPort },
-      (datagram) => {
-        incoming.unsafeOffer(datagram)
-      },
-      () => {
-        // ICMP errors for answers to vanished clients: nothing to do
+      (received) => {
+        // errors (ICMP errors for answers to vanished clients): nothing to do
+        if (received._tag === "Datagram") {
+          incoming.unsafeOffer(received)
+        }
       }
     ).pipe(Effect.mapError((error) => new NatPmpServerError({ reason: error.message, cause: error })))
+    const local = Udp.localAddress(socket)
 
     const reply = (response: NatPmpMessage.Response, to: Udp.Datagram) =>
-      socket.send(NatPmpMessage.encodeResponse(response), to).pipe(
+      Udp.send(socket, NatPmpMessage.encodeResponse(response), to).pipe(
         Effect.tap(() =>
           Effect.sync(() => {
             stats.answered++
@@ -170,7 +170,7 @@ export const make = (
       ? undefined
       : yield* Announcer.make(
         options.announce ?? {},
-        socket.send,
+        (bytes, to) => Udp.send(socket, bytes, to),
         Effect.all({ epoch: mapping.epoch, publicAddress: mapping.publicAddress })
       )
     const announce = announcer === undefined ? Effect.void : announcer.announce
@@ -180,10 +180,10 @@ export const make = (
       yield* announce
     }
 
-    yield* Effect.logInfo(`NAT-PMP server listening on ${socket.address}:${socket.port}`)
+    yield* Effect.logInfo(`NAT-PMP server listening on ${local.address}:${local.port}`)
     return {
-      address: socket.address,
-      port: socket.port,
+      address: local.address,
+      port: local.port,
       stats: Effect.sync(() => ({ ...stats })),
       announce
     } satisfies Service

@@ -28,9 +28,9 @@ import * as Queue from "effect/Queue"
 import * as Random from "effect/Random"
 import * as Scope from "effect/Scope"
 import type * as Dgram from "node:dgram"
-import * as Udp from "../internal/udpSocket.js"
 import { NatPmpSocketError } from "../NatPmpClient.js"
 import * as NatPmpMessage from "../NatPmpMessage.js"
+import * as Udp from "../UdpSocket.js"
 
 /** How the simulated gateway allocates ports; see the module documentation. */
 export type Mode = "rfc" | "protonvpn"

@@ -10,7 +10,7 @@
  *
  * @since 0.1.0
  */
-import { NatPmpMessage } from "@natpmp-bridge/core"
+import { NatPmpMessage, UdpSocket as Udp } from "@natpmp-bridge/core"
 import type { NatPmpClient } from "@natpmp-bridge/core"
 import { NatPmpGatewaySimulator, RouterOsSimulator } from "@natpmp-bridge/core/testing"
 import * as Context from "effect/Context"
@@ -23,7 +23,6 @@ import * as Scope from "effect/Scope"
 import * as Bridge from "../Bridge.js"
 import type { BridgeConfig, BridgeOptions } from "../BridgeConfig.js"
 import * as BridgeConfigModule from "../BridgeConfig.js"
-import * as Udp from "../internal/udp.js"
 import { MappingService } from "../MappingService.js"
 import { NatPmpServer } from "../NatPmpServer.js"
 import { Router } from "../Router.js"
@@ -148,6 +147,9 @@ export const makeEnvironment = (
 
     const announcements: Array<Announcement> = []
     const sink = yield* Udp.open({ address: "127.0.0.1", port: 0 }, (datagram) => {
+      if (datagram._tag !== "Datagram") {
+        return
+      }
       const decoded = NatPmpMessage.decodeResponse(datagram.bytes)
       if (Either.isRight(decoded) && decoded.right._tag === "PublicAddressResponse") {
         announcements.push({
@@ -156,10 +158,10 @@ export const makeEnvironment = (
           at: Date.now()
         })
       }
-    }, () => {}).pipe(
+    }).pipe(
       Effect.mapError((error) => new LanClient.LanClientError({ reason: `announcement sink: ${error.message}` }))
     )
-    const announcementTarget = { address: sink.address, port: sink.port }
+    const announcementTarget = Udp.localAddress(sink)
 
     const vpn = yield* NatPmpGatewaySimulator.make({
       epoch: 1000,

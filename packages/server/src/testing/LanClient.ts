@@ -5,7 +5,7 @@
  *
  * @since 0.1.0
  */
-import { NatPmpMessage } from "@natpmp-bridge/core"
+import { NatPmpMessage, UdpSocket as Udp } from "@natpmp-bridge/core"
 import * as Data from "effect/Data"
 import * as Deferred from "effect/Deferred"
 import * as Duration from "effect/Duration"
@@ -15,7 +15,6 @@ import * as Exit from "effect/Exit"
 import * as Option from "effect/Option"
 import * as Queue from "effect/Queue"
 import type * as Scope from "effect/Scope"
-import * as Udp from "../internal/udp.js"
 
 /** No answer within the wait. */
 export class LanClientTimeoutError extends Data.TaggedError("LanClientTimeoutError")<{
@@ -37,7 +36,7 @@ export class LanClientError extends Data.TaggedError("LanClientError")<{
   }
 }
 
-const socketError = (error: Udp.UdpError) => new LanClientError({ reason: error.message, cause: error })
+const socketError = (error: Udp.SocketFailure) => new LanClientError({ reason: error.message, cause: error })
 
 /** A datagram the client received. */
 export interface Received {
@@ -102,6 +101,9 @@ export const make = (options: {
     const socket = yield* Udp.open(
       { address: options.address, port: 0 },
       (datagram) => {
+        if (datagram._tag !== "Datagram") {
+          return
+        }
         const response = Either.getRight(NatPmpMessage.decodeResponse(datagram.bytes))
         if (Option.isSome(response)) {
           for (const waiter of waiters) {
@@ -118,10 +120,9 @@ export const make = (options: {
           from: { address: datagram.address, port: datagram.port },
           at: Date.now()
         })
-      },
-      () => {}
+      }
     ).pipe(Effect.mapError(socketError))
-    const send = (bytes: Uint8Array) => socket.send(bytes, options.bridge).pipe(Effect.mapError(socketError))
+    const send = (bytes: Uint8Array) => Udp.send(socket, bytes, options.bridge).pipe(Effect.mapError(socketError))
 
     const receive = (timeout: Duration.DurationInput = Duration.seconds(3)) =>
       Queue.take(inbox).pipe(
@@ -190,8 +191,8 @@ export const make = (options: {
       }).pipe(Effect.map(({ response }) => response as NatPmpMessage.MapResponse))
 
     return {
-      address: socket.address,
-      port: socket.port,
+      address: Udp.localAddress(socket).address,
+      port: Udp.localAddress(socket).port,
       send,
       receive,
       silentFor,

@@ -1,8 +1,10 @@
 /**
- * A thin Effect wrapper over `node:dgram` shared by the NAT-PMP client and the gateway simulator:
- * scoped IPv4 sockets whose datagrams and asynchronous errors are handed to a callback, never thrown.
+ * Scoped UDP/IPv4 sockets over `node:dgram`, shared by the NAT-PMP client, the gateway simulator and the bridge's
+ * NAT-PMP server: a socket opened with {@link open} closes with its scope, hands every datagram and asynchronous
+ * error (ICMP errors of connected sockets included) to a callback, and never throws; failed operations are
+ * {@link SocketFailure}s with a one-line `message`.
  *
- * @internal
+ * @since 0.1.0
  */
 import * as Data from "effect/Data"
 import * as Effect from "effect/Effect"
@@ -30,11 +32,18 @@ export class SocketFailure extends Data.TaggedError("SocketFailure")<{
 export const describe = (cause: unknown): string =>
   (cause instanceof Error ? cause.message : String(cause)).split("\n")[0]
 
-/** Something the socket received: a datagram with its source, or an asynchronous error (ICMP errors included). */
-export type Incoming =
-  | { readonly _tag: "Datagram"; readonly bytes: Uint8Array; readonly address: string; readonly port: number }
-  | { readonly _tag: "Error"; readonly failure: SocketFailure }
+/** A received datagram with its source. */
+export interface Datagram {
+  readonly _tag: "Datagram"
+  readonly bytes: Uint8Array
+  readonly address: string
+  readonly port: number
+}
 
+/** Something the socket received: a datagram with its source, or an asynchronous error (ICMP errors included). */
+export type Incoming = Datagram | { readonly _tag: "Error"; readonly failure: SocketFailure }
+
+/** Where {@link open} binds (default: any address, ephemeral port) and, optionally, the peer it connects to. */
 export interface OpenOptions {
   readonly address?: string | undefined
   readonly port?: number | undefined
