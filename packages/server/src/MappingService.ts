@@ -401,6 +401,18 @@ export const make = (
             }
           })
 
+        // The VPN mapping of the reserved upstream port, deleted again if a later step fails.
+        const mapUpstream = (port: number) =>
+          step(
+            vpn.map({
+              protocol,
+              internalPort: port,
+              suggestedExternalPort: request.suggestedExternalPort,
+              lifetime
+            }),
+            () => logUndo("VPN unmap")(vpn.unmap(protocol, port))
+          )
+
         let upstreamPort: number
         let routerPort: number
         let upstream: { readonly externalPort: number; readonly lifetime: number }
@@ -409,15 +421,7 @@ export const make = (
             reserveUpstream(protocol, [internalPort], key, () => true),
             (port) => releaseUpstream(protocol, port, key)
           )
-          upstream = yield* step(
-            vpn.map({
-              protocol,
-              internalPort: upstreamPort,
-              suggestedExternalPort: request.suggestedExternalPort,
-              lifetime
-            }),
-            () => logUndo("VPN unmap")(vpn.unmap(protocol, upstreamPort))
-          )
+          upstream = yield* mapUpstream(upstreamPort)
           routerPort = upstream.externalPort
           const rules = yield* sharedRules
           yield* checkFree(rules, routerPort)
@@ -434,15 +438,7 @@ export const make = (
             (port) => releaseUpstream(protocol, port, key)
           )
           routerPort = upstreamPort
-          upstream = yield* step(
-            vpn.map({
-              protocol,
-              internalPort: upstreamPort,
-              suggestedExternalPort: request.suggestedExternalPort,
-              lifetime
-            }),
-            () => logUndo("VPN unmap")(vpn.unmap(protocol, upstreamPort))
-          )
+          upstream = yield* mapUpstream(upstreamPort)
         }
         const now = yield* Clock.currentTimeMillis
         const draft: Omit<Lease, "ruleId"> = {
