@@ -11,6 +11,7 @@ import * as Data from "effect/Data"
 import type * as Either from "effect/Either"
 import * as ParseResult from "effect/ParseResult"
 import * as Schema from "effect/Schema"
+import * as Ipv4 from "./Ipv4.js"
 
 // -----------------------------------------------------------------------------
 // constants
@@ -95,10 +96,7 @@ export const Uint32 = Schema.Int.pipe(Schema.between(0, 0xffffffff)).annotations
 const requestOpcode = Schema.Int.pipe(Schema.between(0, 127)).annotations({ identifier: "RequestOpcode" })
 const errorResultCode = Schema.Int.pipe(Schema.between(1, 0xffff)).annotations({ identifier: "ErrorResultCode" })
 
-const isDottedQuad = (s: string): boolean => {
-  const parts = s.split(".")
-  return parts.length === 4 && parts.every((part) => /^(0|[1-9][0-9]{0,2})$/.test(part) && Number(part) <= 255)
-}
+const isDottedQuad = (s: string): boolean => Ipv4.parse(s) !== undefined
 
 /** An IPv4 address in canonical dotted-quad form, e.g. `"203.0.113.7"`. */
 export const IPv4Address = Schema.String.pipe(

@@ -11,6 +11,7 @@ import * as Either from "effect/Either"
 import * as Option from "effect/Option"
 import * as ParseResult from "effect/ParseResult"
 import * as Schema from "effect/Schema"
+import * as Ipv4 from "./Ipv4.js"
 import type { RouterOsError } from "./RouterOsClient.js"
 import { RouterOsClient } from "./RouterOsClient.js"
 import type { Attributes, AttributeValue } from "./RouterOsProtocol.js"
@@ -431,30 +432,9 @@ export const version: Effect.Effect<RouterVersion, RouterOsError, RouterOsClient
 // Interface towards a gateway
 // -----------------------------------------------------------------------------
 
-const ipToInt = (ip: string): number | undefined => {
-  const parts = ip.split(".")
-  if (parts.length !== 4) return undefined
-  let n = 0
-  for (const part of parts) {
-    if (!/^\d{1,3}$/.test(part) || Number(part) > 255) return undefined
-    n = n * 256 + Number(part)
-  }
-  return n
-}
-
-const parseCidr = (cidr: string): { base: number; prefix: number } | undefined => {
-  const [ip, bits] = cidr.split("/")
-  const base = ipToInt(ip)
-  const prefix = bits === undefined ? 32 : Number(bits)
-  if (base === undefined || !Number.isInteger(prefix) || prefix < 0 || prefix > 32) return undefined
-  return { base, prefix }
-}
-
 const contains = (cidr: string, ip: number): { prefix: number } | undefined => {
-  const net = parseCidr(cidr)
-  if (net === undefined) return undefined
-  const mask = net.prefix === 0 ? 0 : (0xFFFFFFFF << (32 - net.prefix)) >>> 0
-  return ((net.base & mask) >>> 0) === ((ip & mask) >>> 0) ? { prefix: net.prefix } : undefined
+  const net = Ipv4.parseCidr(cidr)
+  return net !== undefined && Ipv4.contains(net, ip) ? { prefix: net.prefix } : undefined
 }
 
 /** `10.2.0.1%wg-proton` → `wg-proton` when the part before `%` is the gateway. */
@@ -498,7 +478,7 @@ export const findInterfaceTowards = (
   routes: ReadonlyArray<Route>,
   addresses: ReadonlyArray<IpAddress>
 ): string | undefined => {
-  const ip = ipToInt(gateway)
+  const ip = Ipv4.parse(gateway)
   if (ip === undefined) return undefined
   const usable = routes.filter((r) => r.active && !r.disabled)
   for (const route of usable) {
@@ -511,7 +491,7 @@ export const findInterfaceTowards = (
   let best: { iface: string; prefix: number } | undefined = undefined
   for (const route of usable) {
     const gw = route.gateway
-    if (gw === undefined || gw === "" || ipToInt(gw.split("%")[0]) !== undefined || route.dstAddress === undefined) {
+    if (gw === undefined || gw === "" || Ipv4.parse(gw.split("%")[0]) !== undefined || route.dstAddress === undefined) {
       continue
     }
     const match = contains(route.dstAddress, ip)
@@ -524,7 +504,7 @@ export const findInterfaceTowards = (
     if (address.disabled || address.invalid) continue
     const iface = address.actualInterface ?? address.interface
     if (address.network === gateway) return iface
-    const net = parseCidr(address.address)
+    const net = Ipv4.parseCidr(address.address)
     if (net !== undefined && net.prefix < 32 && contains(address.address, ip) !== undefined) return iface
   }
   return undefined
@@ -542,7 +522,7 @@ export const interfaceTowards = (
   gateway: string
 ): Effect.Effect<string, RouterOsError | InterfaceNotFoundError, RouterOsClient> =>
   Effect.gen(function*() {
-    if (ipToInt(gateway) === undefined) {
+    if (Ipv4.parse(gateway) === undefined) {
       return yield* new InterfaceNotFoundError({ gateway, reason: "not an IPv4 address" })
     }
     const routes = yield* listRoutes({ activeOnly: true })

@@ -4,6 +4,7 @@
  * @since 0.1.0
  */
 export * as GatewayDiscovery from "./GatewayDiscovery.js"
+export * as Ipv4 from "./Ipv4.js"
 export * as NatPmpClient from "./NatPmpClient.js"
 export * as NatPmpMessage from "./NatPmpMessage.js"
 export * as RouterOsClient from "./RouterOsClient.js"

@@ -4,6 +4,7 @@
  *
  * @since 0.1.0
  */
+import { Ipv4 } from "@natpmp-bridge/core"
 import * as Context from "effect/Context"
 import * as Either from "effect/Either"
 import * as Layer from "effect/Layer"
@@ -19,36 +20,18 @@ export interface Ipv4Network {
 }
 
 /** `a.b.c.d` → unsigned 32-bit integer, or `undefined` when it is not a dotted quad. */
-export const parseIpv4 = (text: string): number | undefined => {
-  const parts = text.trim().split(".")
-  if (parts.length !== 4) return undefined
-  let value = 0
-  for (const part of parts) {
-    if (!/^\d{1,3}$/.test(part)) return undefined
-    const byte = Number(part)
-    if (byte > 255) return undefined
-    value = value * 256 + byte
-  }
-  return value
-}
+export const parseIpv4 = (text: string): number | undefined => Ipv4.parse(text.trim())
 
 /** Unsigned 32-bit integer → `a.b.c.d`. */
-export const formatIpv4 = (value: number): string =>
-  [value >>> 24, (value >>> 16) & 255, (value >>> 8) & 255, value & 255].join(".")
-
-const maskOf = (prefix: number): number => prefix === 0 ? 0 : (0xffffffff << (32 - prefix)) >>> 0
+export const formatIpv4: (value: number) => string = Ipv4.format
 
 /** `a.b.c.d/n` or `a.b.c.d` (a /32); host bits are cleared (`192.168.88.1/24` is `192.168.88.0/24`). */
 export const parseNetwork = (text: string): Either.Either<Ipv4Network, string> => {
-  const trimmed = text.trim()
-  const slash = trimmed.indexOf("/")
-  const address = parseIpv4(slash < 0 ? trimmed : trimmed.slice(0, slash))
-  const prefixText = slash < 0 ? "32" : trimmed.slice(slash + 1)
-  const prefix = /^\d{1,2}$/.test(prefixText) ? Number(prefixText) : NaN
-  if (address === undefined || !(prefix >= 0 && prefix <= 32)) {
+  const cidr = Ipv4.parseCidr(text.trim())
+  if (cidr === undefined) {
     return Either.left(`"${text}" is not an IPv4 address or network (a.b.c.d or a.b.c.d/n)`)
   }
-  return Either.right({ base: (address & maskOf(prefix)) >>> 0, prefix })
+  return Either.right({ base: Ipv4.network(cidr.address, cidr.prefix), prefix: cidr.prefix })
 }
 
 /** Parses a comma-separated list of networks (`192.168.88.0/24, 10.0.0.5`). */
@@ -64,7 +47,7 @@ export const formatNetwork = (network: Ipv4Network): string => `${formatIpv4(net
 /** Whether `address` (dotted quad) lies in `network`. */
 export const networkContains = (network: Ipv4Network, address: string): boolean => {
   const value = parseIpv4(address)
-  return value !== undefined && ((value & maskOf(network.prefix)) >>> 0) === network.base
+  return value !== undefined && Ipv4.contains({ address: network.base, prefix: network.prefix }, value)
 }
 
 /** IPv4-mapped IPv6 source addresses (`::ffff:a.b.c.d`) as dotted quads; anything else unchanged. */

@@ -24,6 +24,7 @@ import type * as Scope from "effect/Scope"
 import * as Crypto from "node:crypto"
 import * as Net from "node:net"
 import * as Tls from "node:tls"
+import * as Ipv4 from "../Ipv4.js"
 import * as RouterOsClient from "../RouterOsClient.js"
 import type { Sentence } from "../RouterOsProtocol.js"
 import { encodeSentence, SentenceDecoder, sentenceParts, TrapCategory } from "../RouterOsProtocol.js"
@@ -159,27 +160,10 @@ export interface VpnRouterSeed {
   readonly lanAddress?: string | undefined
 }
 
-const ipToInt = (ip: string): number | undefined => {
-  const parts = ip.split(".")
-  if (parts.length !== 4) return undefined
-  let n = 0
-  for (const part of parts) {
-    if (!/^\d{1,3}$/.test(part)) return undefined
-    const v = Number(part)
-    if (v > 255) return undefined
-    n = n * 256 + v
-  }
-  return n
-}
-
-const intToIp = (n: number): string => [n >>> 24, (n >>> 16) & 255, (n >>> 8) & 255, n & 255].join(".")
-
 const networkOf = (cidr: string): { network: string; prefix: number } => {
   const [ip, bits] = cidr.split("/")
   const prefix = Number(bits ?? "32")
-  const value = ipToInt(ip) ?? 0
-  const mask = prefix === 0 ? 0 : (0xFFFFFFFF << (32 - prefix)) >>> 0
-  return { network: intToIp((value & mask) >>> 0), prefix }
+  return { network: Ipv4.format(Ipv4.network(Ipv4.parse(ip) ?? 0, prefix)), prefix }
 }
 
 /**
@@ -195,7 +179,7 @@ export const vpnRouterV7 = (seed?: VpnRouterSeed): Pick<Options, "version" | "ro
   const gw = seed?.vpnGateway ?? "10.2.0.1"
   const lan = seed?.lanInterface ?? "bridge"
   const lanAddress = seed?.lanAddress ?? "192.168.88.1/24"
-  const vpnAddress = intToIp((ipToInt(gw) ?? 0) + 1) + "/30"
+  const vpnAddress = Ipv4.format((Ipv4.parse(gw) ?? 0) + 1) + "/30"
   const lanNet = networkOf(lanAddress)
   const vpnNet = networkOf(vpnAddress)
   const flags = { disabled: "false", inactive: "false" }
@@ -288,7 +272,7 @@ export const vpnRouterV6 = (seed?: VpnRouterSeed): Pick<Options, "version" | "ro
   const gw = seed?.vpnGateway ?? "10.2.0.1"
   const lan = seed?.lanInterface ?? "bridge"
   const lanAddress = seed?.lanAddress ?? "192.168.88.1/24"
-  const local = intToIp((ipToInt(gw) ?? 0) + 1)
+  const local = Ipv4.format((Ipv4.parse(gw) ?? 0) + 1)
   const lanNet = networkOf(lanAddress)
   return {
     version: "6.49.17 (long-term)",
@@ -479,7 +463,7 @@ const validPorts = (value: string): boolean =>
 
 const validAddress = (value: string): boolean =>
   ADDRESS.test(value) &&
-  (value.replace(/^!/, "").match(/\d{1,3}(?:\.\d{1,3}){3}/g) ?? []).every((ip) => ipToInt(ip) !== undefined) &&
+  (value.replace(/^!/, "").match(/\d{1,3}(?:\.\d{1,3}){3}/g) ?? []).every((ip) => Ipv4.parse(ip) !== undefined) &&
   (!value.includes("/") || Number(value.split("/")[1]) <= 32)
 
 const normalizeBool = (value: string): string | undefined =>
