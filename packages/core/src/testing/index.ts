@@ -5,4 +5,5 @@
  * @since 0.1.0
  */
 export * as NatPmpGatewaySimulator from "./NatPmpGatewaySimulator.js"
+export * as NetworkLab from "./NetworkLab.js"
 export * as RouterOsSimulator from "./RouterOsSimulator.js"
