@@ -19,6 +19,9 @@ import * as Exit from "effect/Exit"
 import * as Layer from "effect/Layer"
 import * as Ref from "effect/Ref"
 import * as Scope from "effect/Scope"
+import * as Fs from "node:fs"
+import * as Path from "node:path"
+import * as Url from "node:url"
 import type { AgentEvent, AgentOptions, RemoteKeepEvent } from "./AgentProtocol.js"
 import type { Agent } from "./LabAgent.js"
 import { AgentRequestError, bundleAgent, startAgent } from "./LabAgent.js"
@@ -31,6 +34,10 @@ const skipReason = missing.length > 0 && process.env.CI !== "true" ? `needs ${mi
 if (skipReason !== undefined) {
   console.warn(`miniupnpd interop tests skipped: ${skipReason}`)
 }
+
+/** The `natpmp` bin as `npm run build` leaves it (tested when built; `npm test` builds first). */
+const natpmpBin = Path.join(Path.dirname(Url.fileURLToPath(import.meta.url)), "../../../cli/dist/bin/natpmp.js")
+const skipCli = !Fs.existsSync(natpmpBin) && process.env.CI !== "true"
 
 // -----------------------------------------------------------------------------
 // the lab
@@ -289,6 +296,41 @@ describe.skipIf(skipReason !== undefined)(
               expect(withoutEpoch(theirDeletion)).toStrictEqual(withoutEpoch(ourDeletion))
             }))
         }
+
+        it.scoped.skipIf(skipCli)(
+          "the natpmp CLI (built bin, --json) gets the same answers as natpmpc",
+          () =>
+            Effect.gen(function*() {
+              yield* cleanSlate
+              const { lab } = yield* MiniUpnpdLab
+              const natpmp = (...args: ReadonlyArray<string>) =>
+                Effect.map(
+                  lab.cli.run([process.execPath, natpmpBin, ...args, "-g", lab.lan.gateway, "--json"]),
+                  ({ stdout }) => JSON.parse(stdout.trim().split("\n")[0]) as Record<string, unknown>
+                )
+              const address = yield* natpmp("address")
+              expect(address).toMatchObject({ type: "address", publicAddress: "5.6.7.8" })
+
+              const ours = yield* natpmp("map", "-u", "-l", "600", "46200", "42200")
+              expect(ours).toMatchObject({
+                type: "mapped",
+                publicAddress: "5.6.7.8",
+                protocol: "udp",
+                internalPort: 42200,
+                externalPort: 46200,
+                lifetime: 600
+              })
+              yield* natpmp("unmap", "-u", "42200")
+              expect(yield* rulesTo(42200)).toStrictEqual([])
+              const theirs = yield* Natpmpc.map(lab.cli, lab.lan.gateway, {
+                protocol: "udp",
+                publicPort: 46200,
+                privatePort: 42200,
+                lifetime: 600
+              })
+              expect(theirs).toMatchObject({ externalPort: ours.externalPort, lifetime: ours.lifetime })
+            })
+        )
 
         it.scoped("returns the existing mapping for a repeated request; a taken port makes it pick the next one", () =>
           Effect.gen(function*() {
