@@ -2,8 +2,8 @@
  * Network namespaces for interop tests against NAT-PMP software this project did not write (miniupnpd, natpmpc).
  *
  * Everything here runs as root and stays inside namespaces it creates: {@link namespace} makes one with a unique
- * name (prefix + random suffix, so parallel runs never collide) and deletes it when its scope closes, whatever the
- * outcome; {@link vethPair} links two namespaces (the pair dies with them); {@link spawn} starts a long-running
+ * name (prefix, pid and a random suffix, so parallel runs never collide) and deletes it when its scope closes,
+ * whatever the outcome; {@link vethPair} links two namespaces (the pair dies with them); {@link spawn} starts a long-running
  * process inside a namespace, tracks its pid and stops only that process on release. {@link gatewayLab} builds the
  * topology of a NAT-PMP gateway with a LAN client behind it, {@link startMiniUpnpd} runs miniupnpd there as a real
  * RFC 6886 gateway and waits until it answers.
@@ -245,24 +245,43 @@ export const run = (
 // last resort: the process exits with lab resources still held
 // -----------------------------------------------------------------------------
 
-// Scopes release everything; but a test runner may end its worker process while a scope is still open (a hook
-// timed out, a run was cancelled). On a normal exit of this process, kill what is still tracked and delete the
-// namespaces still held (synchronously: an exit handler cannot wait).
+// Scopes release everything; but the process may end while a scope is still open: a test runner exits its worker
+// after a hook timed out, or Ctrl-C / SIGTERM kills the run. While lab resources are held, an exit handler and
+// SIGINT/SIGTERM/SIGHUP handlers kill the processes still tracked and delete the namespaces still held
+// (synchronously: such handlers cannot wait), then let the signal take its course.
 const leftovers = new Map<string, () => void>()
-let exitHandlerInstalled = false
+const exitSignals: ReadonlyArray<NodeJS.Signals> = ["SIGINT", "SIGTERM", "SIGHUP"]
+
+const cleanUpLeftovers = (): void => {
+  const cleanups = [...leftovers.values()]
+  leftovers.clear()
+  for (const cleanup of cleanups) cleanup()
+}
+
+const onExitSignal = (signal: NodeJS.Signals): void => {
+  cleanUpLeftovers()
+  uninstallHandlers()
+  // Nobody else handles it: die of it as if no handler had been installed.
+  if (process.listenerCount(signal) === 0) process.kill(process.pid, signal)
+}
+
+const installHandlers = (): void => {
+  process.once("exit", cleanUpLeftovers)
+  for (const signal of exitSignals) process.once(signal, onExitSignal)
+}
+
+const uninstallHandlers = (): void => {
+  process.off("exit", cleanUpLeftovers)
+  for (const signal of exitSignals) process.off(signal, onExitSignal)
+}
 
 const holdUntilExit = (key: string, cleanup: () => void): void => {
-  if (!exitHandlerInstalled) {
-    exitHandlerInstalled = true
-    process.once("exit", () => {
-      for (const cleanupLeftover of leftovers.values()) cleanupLeftover()
-    })
-  }
+  if (leftovers.size === 0) installHandlers()
   leftovers.set(key, cleanup)
 }
 
 const released = (key: string): void => {
-  leftovers.delete(key)
+  if (leftovers.delete(key) && leftovers.size === 0) uninstallHandlers()
 }
 
 // -----------------------------------------------------------------------------
@@ -282,16 +301,51 @@ export interface Namespace {
 /** A random hex suffix (6 characters) for names that must not collide with a parallel run's. */
 export const uniqueSuffix = (): string => Crypto.randomBytes(3).toString("hex")
 
+const namePattern = /^(.+)-(\d+)-[0-9a-f]{6}$/
+
+const isAlive = (pid: number): boolean => {
+  try {
+    process.kill(pid, 0)
+    return true
+  } catch (error) {
+    return (error as NodeJS.ErrnoException).code === "EPERM"
+  }
+}
+
 /**
- * Creates a network namespace named `<prefix>-<random suffix>` with its loopback up, and deletes it when the scope
- * closes (also on failure or interruption; a failed delete is logged). Processes started in it should be started
- * after it, in the same scope, so they are stopped before it is deleted.
+ * Deletes the namespaces named `<prefix>…-<pid>-<suffix>` (as {@link namespace} names them) whose creating process
+ * no longer exists: what a run killed outright (SIGKILL) left behind. Processes still inside them are left alone.
+ * Returns the names deleted.
+ */
+export const reapOrphanedNamespaces = (prefix: string): Effect.Effect<ReadonlyArray<string>> =>
+  Effect.gen(function*() {
+    const listing = yield* Effect.orElseSucceed(run(["ip", "netns", "list"]), () => ({ stdout: "", stderr: "" }))
+    const orphans = listing.stdout.split("\n").map((line) => line.split(" ")[0]).filter((name) => {
+      const match = namePattern.exec(name)
+      return match !== null && match[1].startsWith(prefix) && !isAlive(Number(match[2]))
+    })
+    for (const name of orphans) {
+      yield* run(["ip", "netns", "delete", name]).pipe(
+        Effect.zipRight(Effect.logInfo(`deleted the orphaned network namespace ${name}`)),
+        Effect.catchAll((error) =>
+          Effect.logWarning(`could not delete the orphaned namespace ${name}: ${error.message}`)
+        )
+      )
+    }
+    return orphans
+  })
+
+/**
+ * Creates a network namespace named `<prefix>-<pid>-<random suffix>` with its loopback up, and deletes it when the
+ * scope closes (also on failure or interruption; a failed delete is logged), or at the latest when this process
+ * exits. Processes started in it should be started after it, in the same scope, so they are stopped before it is
+ * deleted.
  */
 export const namespace = (prefix: string): Effect.Effect<Namespace, CommandError, Scope.Scope> =>
   Effect.gen(function*() {
     const ns = yield* Effect.acquireRelease(
       Effect.suspend(() => {
-        const name = `${prefix}-${uniqueSuffix()}`
+        const name = `${prefix}-${process.pid}-${uniqueSuffix()}`
         return run(["ip", "netns", "add", name]).pipe(
           Effect.zipRight(Effect.sync(() =>
             holdUntilExit(`namespace ${name}`, () => {
@@ -390,10 +444,18 @@ export const enableForwarding = (ns: Namespace): Effect.Effect<void, CommandErro
 export const temporaryDirectory = (prefix: string): Effect.Effect<string, NetworkLabError, Scope.Scope> =>
   Effect.acquireRelease(
     Effect.try({
-      try: () => Fs.mkdtempSync(Path.join(Os.tmpdir(), `${prefix}-`)),
+      try: () => {
+        const directory = Fs.mkdtempSync(Path.join(Os.tmpdir(), `${prefix}-`))
+        holdUntilExit(`directory ${directory}`, () => Fs.rmSync(directory, { recursive: true, force: true }))
+        return directory
+      },
       catch: (cause) => new NetworkLabError({ reason: "cannot create a temporary directory", cause })
     }),
-    (directory) => Effect.sync(() => Fs.rmSync(directory, { recursive: true, force: true }))
+    (directory) =>
+      Effect.sync(() => {
+        Fs.rmSync(directory, { recursive: true, force: true })
+        released(`directory ${directory}`)
+      })
   )
 
 /** Writes a file (`Effect` wrapper of `writeFileSync`). */
@@ -627,7 +689,7 @@ export interface GatewayLab {
 
 /** Options of {@link gatewayLab}. */
 export interface GatewayLabOptions {
-  /** Namespace name prefix (default `nplab`): namespaces are `<prefix>-vpn-<suffix>` etc. */
+  /** Namespace name prefix (default `nplab`): namespaces are `<prefix>-vpn-<pid>-<suffix>` etc. */
   readonly prefix?: string | undefined
 }
 
@@ -647,6 +709,7 @@ export const gatewayLab = (
 ): Effect.Effect<GatewayLab, CommandError | NetworkLabError, Scope.Scope> =>
   Effect.gen(function*() {
     const prefix = options.prefix ?? "nplab"
+    yield* reapOrphanedNamespaces(prefix)
     const directory = yield* temporaryDirectory(prefix)
     const vpn = yield* namespace(`${prefix}-vpn`)
     const cli = yield* namespace(`${prefix}-cli`)
