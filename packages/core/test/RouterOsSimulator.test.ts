@@ -191,6 +191,40 @@ describe("RouterOsSimulator", () => {
       expect(yield* sim.connections).toBe(2)
     }))
 
+  it.scopedLive("traps the commands of one path on demand; stops and restarts the service on the same port", () =>
+    Effect.gen(function*() {
+      const sim = yield* start()
+      const s = yield* rawSession(sim.port)
+      yield* s.send("/login", "=name=admin", "=password=pw")
+      yield* sim.trapOn("/ip/firewall/nat/add", "failure: already have such rule")
+      yield* s.send("/ip/firewall/nat/add", "=chain=dstnat", ".tag=1")
+      yield* s.send("/ip/route/print", "=count-only=", ".tag=2")
+      yield* s.waitFor((replies) => replies.filter((w) => w[0] === "!done").length === 3)
+      expect(s.replies).toContainEqual(["!trap", "=message=failure: already have such rule", ".tag=1"])
+      expect(yield* sim.natRules).toEqual([])
+      yield* sim.clearFaults
+      yield* s.send("/ip/firewall/nat/add", "=chain=dstnat", ".tag=3")
+      yield* s.waitFor((replies) => replies.some((w) => w[0] === "!done" && w.includes(".tag=3")))
+      expect(yield* sim.natRules).toHaveLength(1)
+
+      yield* sim.setDown(true)
+      yield* s.waitFor(() => s.closed())
+      const refused = yield* Effect.async<string>((resume) => {
+        const socket = Net.connect({ host: "127.0.0.1", port: sim.port })
+        socket.on("connect", () => {
+          socket.destroy()
+          resume(Effect.succeed("connected"))
+        })
+        socket.on("error", (error: NodeJS.ErrnoException) => resume(Effect.succeed(error.code ?? "error")))
+      })
+      expect(refused).toBe("ECONNREFUSED")
+      yield* sim.setDown(false)
+      const t = yield* rawSession(sim.port)
+      yield* t.send("/login", "=name=admin", "=password=pw")
+      yield* t.send("/ip/firewall/nat/print", "=count-only=")
+      yield* t.waitFor((replies) => replies.some((w) => w[0] === "!done" && w.includes("=ret=1")))
+    }))
+
   it.scopedLive("tolerates any bytes: !fatal on protocol errors, other sessions unaffected", () =>
     Effect.gen(function*() {
       const sim = yield* start()

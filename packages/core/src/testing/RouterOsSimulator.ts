@@ -6,7 +6,8 @@
  * `/ip/route/print`, `/ip/address/print`, `/system/resource/print`, `/system/identity/print`,
  * `/cancel`, `/quit`, `.tag`, `.proplist`, the `?` query language (`?name`, `?-name`, `?name=v`,
  * `?<name=v`, `?>name=v`, `?#` stack operations) and `!empty` (RouterOS 7.18+, switchable).
- * Faults: drop a connection, delay replies, reject logins, answer `!fatal`.
+ * Faults: drop a connection, delay replies, reject logins, answer `!fatal`, answer `!trap` to one command,
+ * stop the service (connections refused) and start it again on the same port.
  *
  * Any bytes a client sends are tolerated: a protocol violation is answered with `!fatal` and
  * that connection is closed.
@@ -126,6 +127,13 @@ export interface Simulator {
   readonly setRejectLogin: (reject: boolean) => Effect.Effect<void>
   /** Answers the next command with `!fatal <message>` and closes that connection. */
   readonly fatalOnNextCommand: (message?: string) => Effect.Effect<void>
+  /** Answers every command of `path` (e.g. `/ip/firewall/nat/add`) with `!trap <message>`, until `clearFaults`. */
+  readonly trapOn: (path: string, message?: string) => Effect.Effect<void>
+  /**
+   * `true` stops the API service: open connections are closed and new ones refused (connection refused);
+   * `false` listens on the same port again.
+   */
+  readonly setDown: (down: boolean) => Effect.Effect<void, RouterOsSimulatorError>
   readonly setEmptyReplies: (enabled: boolean) => Effect.Effect<void>
   /** Clears all faults (drop, delay, reject, fatal). */
   readonly clearFaults: Effect.Effect<void>
@@ -602,6 +610,8 @@ interface Faults {
   delayMs: number
   rejectLogin: boolean
   fatal: string | undefined
+  /** Command path → trap message. */
+  traps: Map<string, string>
 }
 
 type Table = Array<Record<string, string>>
@@ -619,7 +629,7 @@ class State {
   total = 0
   connections = 0
   readonly sockets = new Set<Net.Socket>()
-  faults: Faults = { dropAfter: undefined, delayMs: 0, rejectLogin: false, fatal: undefined }
+  faults: Faults = { dropAfter: undefined, delayMs: 0, rejectLogin: false, fatal: undefined, traps: new Map() }
 
   constructor(public version: string, public emptyReplies: boolean) {}
 
@@ -755,6 +765,11 @@ class SimConnection {
     }
     if (path === "/cancel") {
       this.write(this.cancel(parts.attributes["tag"]), tag)
+      return
+    }
+    const trap = faults.traps.get(path)
+    if (trap !== undefined) {
+      this.write([trapReply(new Trap(trap, undefined)), ["!done"]], tag)
       return
     }
     if (faults.delayMs > 0) {
@@ -1008,24 +1023,25 @@ export const make = (options?: Options): Effect.Effect<Simulator, RouterOsSimula
       : Tls.createServer({ key: Buffer.from(tls.key), cert: Buffer.from(tls.cert) }, accept)
     server.on("tlsClientError", () => {})
 
-    const port = yield* Effect.acquireRelease(
+    const listen = (port: number) =>
       Effect.async<number, RouterOsSimulatorError>((resume) => {
         const onError = (cause: Error) =>
-          resume(Effect.fail(new RouterOsSimulatorError({ reason: `cannot listen on ${host}`, cause })))
+          resume(Effect.fail(new RouterOsSimulatorError({ reason: `cannot listen on ${host}:${port}`, cause })))
         server.once("error", onError)
-        server.listen(options?.port ?? 0, host, () => {
+        server.listen(port, host, () => {
           server.off("error", onError)
-          server.on("error", () => {})
           resume(Effect.succeed((server.address() as Net.AddressInfo).port))
         })
-      }),
-      () =>
-        Effect.async<void>((resume) => {
-          for (const socket of state.sockets) socket.destroy()
-          state.sockets.clear()
-          server.close(() => resume(Effect.void))
-        })
-    )
+      })
+    // stops listening and closes every connection
+    const stop = Effect.async<void>((resume) => {
+      for (const socket of state.sockets) socket.destroy()
+      state.sockets.clear()
+      if (!server.listening) return resume(Effect.void)
+      server.close(() => resume(Effect.void))
+    })
+    server.on("error", () => {})
+    const port = yield* Effect.acquireRelease(listen(options?.port ?? 0), () => stop)
 
     const findNat = (id: string) => state.nat.find((r) => r[".id"] === id)
 
@@ -1098,12 +1114,17 @@ export const make = (options?: Options): Effect.Effect<Simulator, RouterOsSimula
         Effect.sync(() => {
           state.faults.fatal = message ?? "simulated fatal error"
         }),
+      trapOn: (path, message) =>
+        Effect.sync(() => {
+          state.faults.traps.set(path, message ?? "failure: simulated trap")
+        }),
+      setDown: (down) => down ? stop : server.listening ? Effect.void : Effect.asVoid(listen(port)),
       setEmptyReplies: (enabled) =>
         Effect.sync(() => {
           state.emptyReplies = enabled
         }),
       clearFaults: Effect.sync(() => {
-        state.faults = { dropAfter: undefined, delayMs: 0, rejectLogin: false, fatal: undefined }
+        state.faults = { dropAfter: undefined, delayMs: 0, rejectLogin: false, fatal: undefined, traps: new Map() }
       }),
       disconnectAll: Effect.sync(() => {
         for (const socket of state.sockets) socket.destroy()
