@@ -409,7 +409,14 @@ export const make = (
               internalPort: port,
               suggestedExternalPort: request.suggestedExternalPort,
               lifetime
-            }),
+            }).pipe(
+              // without an answer the gateway may still have made the mapping (only its answer was lost): delete it
+              Effect.tapError((error) =>
+                error.reason === "Timeout"
+                  ? logUndo("VPN unmap after a timeout")(vpn.unmap(protocol, port))
+                  : Effect.void
+              )
+            ),
             () => logUndo("VPN unmap")(vpn.unmap(protocol, port))
           )
 

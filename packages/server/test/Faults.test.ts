@@ -93,6 +93,21 @@ describe("failures, rollback and bounded answers", () => {
       expect(deleted.elapsed).toBeLessThan(2200)
     }).pipe(Effect.scoped))
 
+  it.live("a VPN request without an answer is undone too: the mapping the gateway made anyway is deleted", () =>
+    Effect.gen(function*() {
+      const h = yield* harness()
+      const client = yield* h.client("127.0.0.20")
+      // the simulator still applies the requests it does not answer, like a gateway whose answers are lost
+      yield* h.vpn.setSilent(true)
+      expect((yield* client.map({ protocol: "tcp", internalPort: 51413 })).resultCode).toBe(3)
+      expect(yield* eventually(Effect.map(h.vpn.mappings, (mappings) => mappings.length === 0), 5000)).toBe(true)
+      expect(yield* ownRules(h)).toEqual([])
+      yield* h.vpn.setSilent(false)
+      // once the undo has given up waiting for its answer, the client's retry maps
+      const retry = Effect.map(client.map({ protocol: "tcp", internalPort: 51413 }), (r) => r.resultCode === 0)
+      expect(yield* eventually(retry, 6000)).toBe(true)
+    }).pipe(Effect.scoped))
+
   it.live("VPN unreachable (ICMP port unreachable): result 3 quickly", () =>
     Effect.gen(function*() {
       const h = yield* harness()
