@@ -1,0 +1,228 @@
+/**
+ * The bridge (the built `natpmp-bridge serve` bin) against software this project did not write, in network
+ * namespaces built by NetworkLab: miniupnpd (Debian's miniupnpd-nftables) is the VPN gateway, libnatpmp's natpmpc
+ * the LAN client, and the router is the RouterOS simulator whose dst-nat rules are real nftables rules (NftDstNat),
+ * so traffic from the "internet" crosses both NAT layers to a listener on the LAN.
+ *
+ * ```
+ *   ns lan (natpmpc,        ns router (natpmp-bridge serve,       ns vpn (miniupnpd,       ns inet
+ *   echo server)            RouterOS simulator + nftables)        nftables dnat)
+ *   eth0 ---------------- lan0 | wg0 ---------------------------- vpnlan | ext0 ----------- eth0
+ * ```
+ *
+ * Needs root and the packages natpmpc, miniupnpd-nftables, nftables and iproute2 (`.ci/run` installs them), and the
+ * built bins (`npm run build`). Without them the suite is skipped with the reason in its name, except when CI=true:
+ * then it fails with the list of what is missing.
+ */
+import { describe, expect, layer } from "@effect/vitest"
+import type { NatPmpMessage } from "@natpmp-bridge/core"
+import type { RouterOsSimulator } from "@natpmp-bridge/core/testing"
+import { Natpmpc, NetworkLab } from "@natpmp-bridge/core/testing"
+import * as Context from "effect/Context"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
+import type * as Scope from "effect/Scope"
+import * as Fs from "node:fs"
+import type { BridgeProcess, RouterAgent } from "./BridgeLab.js"
+import { bridgeBin, bundleRouterAgent, startBridge, startRouterAgent } from "./BridgeLab.js"
+
+type Protocol = NatPmpMessage.Protocol
+
+const missing = [
+  ...Effect.runSync(NetworkLab.missingPrerequisites()),
+  ...(Fs.existsSync(bridgeBin) ? [] : ["the built natpmp-bridge bin (npm run build)"])
+]
+const skipReason = missing.length > 0 && process.env.CI !== "true" ? `needs ${missing.join(", ")}` : undefined
+if (skipReason !== undefined) {
+  console.warn(`bridge lab tests skipped: ${skipReason}`)
+}
+
+const bridgeId = "lab"
+const publicAddress = "5.6.7.8"
+
+// -----------------------------------------------------------------------------
+// the lab
+// -----------------------------------------------------------------------------
+
+interface Lab {
+  readonly net: NetworkLab.DoubleNatLab
+  readonly miniupnpd: NetworkLab.MiniUpnpd
+  readonly router: RouterAgent
+  /** Starts the bridge (translate mode) in the router namespace, for the current scope. */
+  readonly startBridge: Effect.Effect<BridgeProcess, NetworkLab.NetworkLabError, Scope.Scope>
+}
+
+class BridgeLab extends Context.Tag("lab/BridgeLab")<BridgeLab, Lab>() {}
+
+const BridgeLabLive = Layer.scoped(
+  BridgeLab,
+  Effect.gen(function*() {
+    if (missing.length > 0) return yield* new NetworkLab.MissingPrerequisitesError({ missing })
+    const net = yield* NetworkLab.doubleNatLab()
+    const bundle = yield* bundleRouterAgent(net.directory)
+    const miniupnpd = yield* NetworkLab.startMiniUpnpd(net.gatewayLab, { extIp: publicAddress })
+    const router = yield* startRouterAgent(bundle, net.router, {
+      password: "lab-secret",
+      seed: {
+        vpnInterface: net.vpnLink.routerInterface,
+        vpnGateway: net.vpnLink.gateway,
+        lanInterface: net.home.routerInterface,
+        lanAddress: `${net.home.router}/24`
+      }
+    })
+    return {
+      net,
+      miniupnpd,
+      router,
+      startBridge: startBridge(net.router, router, [
+        "--vpn-gateway",
+        net.vpnLink.gateway,
+        "--vpn-port-mode",
+        "translate",
+        "--bridge-id",
+        bridgeId,
+        "--log-level",
+        "DEBUG"
+      ])
+    } satisfies Lab
+  })
+)
+
+// -----------------------------------------------------------------------------
+// helpers
+// -----------------------------------------------------------------------------
+
+const ownRules = (rows: ReadonlyArray<RouterOsSimulator.Row>) =>
+  rows.filter((row) => row.comment?.startsWith(`natpmp-bridge:${bridgeId} `))
+
+/** miniupnpd's port forwards (nft dnat rules in the VPN namespace). */
+const vpnForwards = Effect.flatMap(
+  BridgeLab,
+  ({ miniupnpd }) => Effect.map(miniupnpd.ruleset, NetworkLab.parseDnatRules)
+)
+
+/** natpmpc in the LAN namespace, against the bridge. */
+const natpmpcMap = (protocol: Protocol, publicPort: number, privatePort: number, lifetime: number) =>
+  Effect.flatMap(
+    BridgeLab,
+    ({ net }) => Natpmpc.map(net.lan, net.home.router, { protocol, publicPort, privatePort, lifetime })
+  )
+
+/** The router and the VPN hold nothing of the bridge (nor stale nftables rules). */
+const expectClean = Effect.gen(function*() {
+  const { router } = yield* BridgeLab
+  yield* router.waitFor(
+    (state) => ownRules(state.natRules).length === 0 && state.nftRules.length === 0,
+    "no rule of the bridge"
+  )
+  expect(yield* vpnForwards).toStrictEqual([])
+  expect((yield* router.state).problems).toStrictEqual([])
+})
+
+// -----------------------------------------------------------------------------
+// tests
+// -----------------------------------------------------------------------------
+
+describe.skipIf(skipReason !== undefined)(
+  `natpmp-bridge between natpmpc and miniupnpd${skipReason ? ` (skipped: ${skipReason})` : ""}`,
+  () => {
+    layer(BridgeLabLive, { excludeTestServices: true, timeout: Duration.seconds(30) })((it) => {
+      it.scoped("natpmpc gets the VPN's public address through the bridge", () =>
+        Effect.gen(function*() {
+          const { net, startBridge } = yield* BridgeLab
+          yield* startBridge
+          const answer = yield* Natpmpc.publicAddress(net.lan, net.home.router)
+          expect(answer.publicAddress).toBe(publicAddress)
+        }))
+
+      for (const [protocol, privatePort, publicPort] of [["tcp", 41000, 45000], ["udp", 41001, 45001]] as const) {
+        it.scoped(
+          `natpmpc maps ${protocol}: miniupnpd forwards to the router, the router's dst-nat rule to the client; ` +
+            "natpmpc's delete removes both",
+          () =>
+            Effect.gen(function*() {
+              const { net, router, startBridge } = yield* BridgeLab
+              yield* startBridge
+              const mapped = yield* natpmpcMap(protocol, publicPort, privatePort, 600)
+              expect(mapped).toMatchObject({ protocol, internalPort: privatePort, externalPort: publicPort })
+              expect(mapped.lifetime).toBe(600)
+
+              // the VPN gateway forwards the public port to the router's address, on the client's port (translate)
+              expect(yield* vpnForwards).toStrictEqual([
+                { protocol, externalPort: publicPort, address: net.vpnLink.router, internalPort: privatePort }
+              ])
+              // the router's rule: from the VPN interface, that port, to the client
+              const state = yield* router.waitFor((s) => ownRules(s.natRules).length === 1, "the bridge's rule")
+              expect(ownRules(state.natRules)[0]).toMatchObject({
+                chain: "dstnat",
+                action: "dst-nat",
+                protocol,
+                "in-interface": net.vpnLink.routerInterface,
+                "dst-port": String(privatePort),
+                "to-addresses": net.home.client,
+                "to-ports": String(privatePort),
+                comment: `natpmp-bridge:${bridgeId} ${protocol} ${net.home.client}:${privatePort}`
+              })
+              expect(state.nftRules).toStrictEqual([
+                `iifname "${net.vpnLink.routerInterface}" ${protocol} dport ${privatePort} dnat to ${net.home.client}:${privatePort} comment "${
+                  ownRules(state.natRules)[0][".id"]
+                }"`
+              ])
+
+              const deleted = yield* natpmpcMap(protocol, 0, privatePort, 0)
+              expect(deleted).toMatchObject({ protocol, internalPort: privatePort, externalPort: 0, lifetime: 0 })
+              yield* expectClean
+            })
+        )
+      }
+
+      it.scoped("traffic from the internet reaches a LAN listener through both NAT layers, and its reply comes back", () =>
+        Effect.gen(function*() {
+          const { net, startBridge } = yield* BridgeLab
+          yield* startBridge
+          for (const [protocol, privatePort, publicPort] of [["tcp", 42000, 46000], ["udp", 42001, 46001]] as const) {
+            const server = yield* NetworkLab.echoServer(net.lan, protocol, privatePort)
+            const mapped = yield* natpmpcMap(protocol, publicPort, privatePort, 600)
+            expect(mapped.externalPort).toBe(publicPort)
+
+            // internet → ext0:P → (miniupnpd dnat) → router:X → (router dst-nat) → client:X, and back
+            const reply = yield* NetworkLab.sendAndReceive(
+              net.inet,
+              protocol,
+              net.ext.gateway,
+              mapped.externalPort,
+              `hello over ${protocol}`
+            )
+            expect(reply).toBe(`echo hello over ${protocol}`)
+            // the client sees the internet peer's own address: neither layer rewrote the source
+            expect(yield* server.received).toStrictEqual([{ from: net.ext.peer, payload: `hello over ${protocol}` }])
+
+            yield* natpmpcMap(protocol, 0, privatePort, 0)
+            if (protocol === "tcp") {
+              // nothing forwards the port any more: the gateway itself refuses the connection
+              const refused = yield* Effect.flip(
+                NetworkLab.sendAndReceive(net.inet, protocol, net.ext.gateway, mapped.externalPort, "again")
+              )
+              expect(refused.stderr).toContain("ECONNREFUSED")
+            }
+          }
+          yield* expectClean
+        }))
+
+      it.scoped("on SIGTERM the bridge removes its router rules and VPN mappings, then exits 0", () =>
+        Effect.gen(function*() {
+          const { router, startBridge } = yield* BridgeLab
+          const bridge = yield* startBridge
+          yield* natpmpcMap("tcp", 47000, 43000, 600)
+          yield* natpmpcMap("udp", 47001, 43001, 600)
+          yield* router.waitFor((s) => ownRules(s.natRules).length === 2, "both rules")
+          expect((yield* vpnForwards).map((rule) => rule.externalPort).sort()).toStrictEqual([47000, 47001])
+
+          const exit = yield* bridge.process.stop
+          expect(exit, yield* bridge.log).toStrictEqual({ exitCode: 0, signal: null })
+          yield* expectClean
+        }))
+    })
+  }
+)
