@@ -661,9 +661,9 @@ export const probeNatPmp = (
 // -----------------------------------------------------------------------------
 
 // An echo server on 0.0.0.0:port: prints `listening`, then `<from address> <payload as hex>` for every TCP segment or
-// UDP datagram it receives, and sends it back prefixed with `echo `.
+// UDP datagram it receives, and sends it back prefixed with `echo ` (unless the third argument is `silent`).
 const echoServerScript = `
-const [protocol, port] = process.argv.slice(1)
+const [protocol, port, mode] = process.argv.slice(1)
 const report = (from, data) => process.stdout.write(from + " " + data.toString("hex") + "\\n")
 const reply = (data) => Buffer.concat([Buffer.from("echo "), data])
 const listening = () => process.stdout.write("listening\\n")
@@ -672,7 +672,7 @@ if (protocol === "tcp") {
     socket.on("error", () => {})
     socket.on("data", (data) => {
       report(socket.remoteAddress, data)
-      socket.write(reply(data))
+      if (mode !== "silent") socket.write(reply(data))
     })
   })
   server.listen(Number(port), "0.0.0.0", listening)
@@ -680,7 +680,7 @@ if (protocol === "tcp") {
   const socket = require("node:dgram").createSocket("udp4")
   socket.on("message", (data, from) => {
     report(from.address, data)
-    socket.send(reply(data), from.port, from.address)
+    if (mode !== "silent") socket.send(reply(data), from.port, from.address)
   })
   socket.bind(Number(port), "0.0.0.0", listening)
 }
@@ -689,7 +689,9 @@ if (protocol === "tcp") {
 /** What an {@link echoServer} received: the sender's address and the bytes. */
 export interface Received {
   readonly from: string
+  /** The bytes as UTF-8 text. */
   readonly payload: string
+  readonly bytes: Uint8Array
 }
 
 /** A running echo server; see {@link echoServer}. */
@@ -701,15 +703,18 @@ export interface EchoServer {
 
 /**
  * Starts an echo server on `0.0.0.0:port` (TCP or UDP) inside a namespace: every payload is recorded with its
- * sender's address and sent back prefixed with `echo `. Waits until it listens; stopped when the scope closes.
+ * sender's address and sent back prefixed with `echo ` (with `silent`, only recorded: a listener). Waits until it
+ * listens; stopped when the scope closes.
  */
 export const echoServer = (
   ns: Namespace,
   protocol: NatPmpMessage.Protocol,
-  port: number
+  port: number,
+  options: { readonly silent?: boolean | undefined } = {}
 ): Effect.Effect<EchoServer, NetworkLabError, Scope.Scope> =>
   Effect.gen(function*() {
-    const server = yield* spawn([process.execPath, "-e", echoServerScript, protocol, String(port)], {
+    const mode = options.silent ? "silent" : "echo"
+    const server = yield* spawn([process.execPath, "-e", echoServerScript, protocol, String(port), mode], {
       namespace: ns,
       name: `${protocol} echo server on port ${port} in ${ns.name}`
     })
@@ -721,7 +726,8 @@ export const echoServer = (
     const received: Array<Received> = []
     yield* Effect.forkScoped(Effect.forever(Effect.map(Queue.take(server.lines), (line) => {
       const [from, hex] = line.split(" ")
-      received.push({ from, payload: Buffer.from(hex ?? "", "hex").toString() })
+      const bytes = Buffer.from(hex ?? "", "hex")
+      received.push({ from, payload: bytes.toString(), bytes: Uint8Array.from(bytes) })
     })))
     return { process: server, received: Effect.sync(() => [...received]) }
   })

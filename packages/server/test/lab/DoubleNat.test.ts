@@ -15,7 +15,7 @@
  * then it fails with the list of what is missing.
  */
 import { describe, expect, layer } from "@effect/vitest"
-import type { NatPmpMessage } from "@natpmp-bridge/core"
+import { NatPmpMessage } from "@natpmp-bridge/core"
 import type { RouterOsSimulator } from "@natpmp-bridge/core/testing"
 import { Natpmpc, NetworkLab } from "@natpmp-bridge/core/testing"
 import * as Context from "effect/Context"
@@ -109,6 +109,23 @@ const natpmpcMap = (protocol: Protocol, publicPort: number, privatePort: number,
     ({ net }) => Natpmpc.map(net.lan, net.home.router, { protocol, publicPort, privatePort, lifetime })
   )
 
+/** Polls `get` every 100 ms until `predicate` holds; dies after `timeout` naming `what`. */
+const eventually = <A, E, R>(
+  get: Effect.Effect<A, E, R>,
+  predicate: (value: A) => boolean,
+  what: string,
+  timeout: Duration.DurationInput = Duration.seconds(5)
+) =>
+  Effect.gen(function*() {
+    const deadline = Date.now() + Duration.toMillis(Duration.decode(timeout))
+    while (true) {
+      const value = yield* get
+      if (predicate(value)) return value
+      if (Date.now() > deadline) return yield* Effect.dieMessage(`timed out waiting for ${what}`)
+      yield* Effect.sleep(Duration.millis(100))
+    }
+  })
+
 /** The router and the VPN hold nothing of the bridge (nor stale nftables rules). */
 const expectClean = Effect.gen(function*() {
   const { router } = yield* BridgeLab
@@ -196,7 +213,9 @@ describe.skipIf(skipReason !== undefined)(
             )
             expect(reply).toBe(`echo hello over ${protocol}`)
             // the client sees the internet peer's own address: neither layer rewrote the source
-            expect(yield* server.received).toStrictEqual([{ from: net.ext.peer, payload: `hello over ${protocol}` }])
+            expect((yield* server.received).map(({ from, payload }) => ({ from, payload }))).toStrictEqual([
+              { from: net.ext.peer, payload: `hello over ${protocol}` }
+            ])
 
             yield* natpmpcMap(protocol, 0, privatePort, 0)
             if (protocol === "tcp") {
@@ -208,6 +227,26 @@ describe.skipIf(skipReason !== undefined)(
             }
           }
           yield* expectClean
+        }))
+
+      it.scoped("announces its public address on the LAN at start, never toward the VPN", () =>
+        Effect.gen(function*() {
+          const { net, startBridge } = yield* BridgeLab
+          // RFC 6886 §3.2.1: 224.0.0.1:5350 on the internal interfaces; the VPN side is the external one
+          const onLan = yield* NetworkLab.echoServer(net.lan, "udp", NatPmpMessage.AnnouncementPort, { silent: true })
+          const onVpn = yield* NetworkLab.echoServer(net.vpn, "udp", NatPmpMessage.AnnouncementPort, { silent: true })
+          yield* startBridge
+          // the first two of the ten packets leave 250 ms apart
+          const heard = yield* eventually(onLan.received, (received) => received.length >= 2, "two announcements")
+          for (const announcement of heard) {
+            expect(announcement.from).toBe(net.home.router)
+            expect(yield* NatPmpMessage.decodeResponse(announcement.bytes)).toMatchObject({
+              _tag: "PublicAddressResponse",
+              resultCode: 0,
+              publicAddress
+            })
+          }
+          expect(yield* onVpn.received).toStrictEqual([])
         }))
 
       it.scoped("on SIGTERM the bridge removes its router rules and VPN mappings, then exits 0", () =>
