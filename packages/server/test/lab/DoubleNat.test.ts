@@ -21,8 +21,11 @@ import { Natpmpc, NetworkLab } from "@natpmp-bridge/core/testing"
 import * as Context from "effect/Context"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
+import * as Either from "effect/Either"
+import * as Exit from "effect/Exit"
 import * as Layer from "effect/Layer"
-import type * as Scope from "effect/Scope"
+import * as Ref from "effect/Ref"
+import * as Scope from "effect/Scope"
 import * as Fs from "node:fs"
 import type { BridgeProcess, RouterAgent } from "./BridgeLab.js"
 import { bridgeBin, bundleRouterAgent, startBridge, startRouterAgent } from "./BridgeLab.js"
@@ -47,10 +50,16 @@ const publicAddress = "5.6.7.8"
 
 interface Lab {
   readonly net: NetworkLab.DoubleNatLab
-  readonly miniupnpd: NetworkLab.MiniUpnpd
   readonly router: RouterAgent
-  /** Starts the bridge (translate mode) in the router namespace, for the current scope. */
-  readonly startBridge: Effect.Effect<BridgeProcess, NetworkLab.NetworkLabError, Scope.Scope>
+  /**
+   * A VPN gateway that restarts and loses its state: stops miniupnpd, deletes its port forwards (it leaves them in
+   * nftables when it stops, and a new one would take them over) and starts a new one, whose epoch starts at 0.
+   */
+  readonly restartMiniUpnpd: Effect.Effect<void, NetworkLab.CommandError | NetworkLab.NetworkLabError>
+  /** Starts the bridge (translate mode, plus `flags`) in the router namespace, for the current scope. */
+  readonly startBridge: (
+    ...flags: ReadonlyArray<string>
+  ) => Effect.Effect<BridgeProcess, NetworkLab.NetworkLabError, Scope.Scope>
 }
 
 class BridgeLab extends Context.Tag("lab/BridgeLab")<BridgeLab, Lab>() {}
@@ -61,7 +70,20 @@ const BridgeLabLive = Layer.scoped(
     if (missing.length > 0) return yield* new NetworkLab.MissingPrerequisitesError({ missing })
     const net = yield* NetworkLab.doubleNatLab()
     const bundle = yield* bundleRouterAgent(net.directory)
-    const miniupnpd = yield* NetworkLab.startMiniUpnpd(net.gatewayLab, { extIp: publicAddress })
+    // miniupnpd lives in a scope of its own, so it can be restarted; it stops before the namespaces go
+    let instances = 0
+    const startMiniUpnpd = Effect.gen(function*() {
+      const scope = yield* Scope.make()
+      yield* NetworkLab.startMiniUpnpd(net.gatewayLab, { extIp: publicAddress, instance: `m${++instances}` }).pipe(
+        Scope.extend(scope),
+        Effect.onError(() => Scope.close(scope, Exit.void))
+      )
+      return scope
+    })
+    const current = yield* Effect.acquireRelease(
+      Effect.flatMap(startMiniUpnpd, (scope) => Ref.make(scope)),
+      (ref) => Effect.flatMap(Ref.get(ref), (scope) => Scope.close(scope, Exit.void))
+    )
     const router = yield* startRouterAgent(bundle, net.router, {
       password: "lab-secret",
       seed: {
@@ -73,18 +95,27 @@ const BridgeLabLive = Layer.scoped(
     })
     return {
       net,
-      miniupnpd,
       router,
-      startBridge: startBridge(net.router, router, [
-        "--vpn-gateway",
-        net.vpnLink.gateway,
-        "--vpn-port-mode",
-        "translate",
-        "--bridge-id",
-        bridgeId,
-        "--log-level",
-        "DEBUG"
-      ])
+      restartMiniUpnpd: Effect.gen(function*() {
+        yield* Scope.close(yield* Ref.get(current), Exit.void)
+        yield* net.vpn.run(["nft", "-f", "-"], {
+          input: ["miniupnpd", "prerouting_miniupnpd", "postrouting_miniupnpd"]
+            .map((chain) => `flush chain inet filter ${chain}\n`).join("")
+        })
+        yield* Ref.set(current, yield* startMiniUpnpd)
+      }),
+      startBridge: (...flags) =>
+        startBridge(net.router, router, [
+          "--vpn-gateway",
+          net.vpnLink.gateway,
+          "--vpn-port-mode",
+          "translate",
+          "--bridge-id",
+          bridgeId,
+          "--log-level",
+          "DEBUG",
+          ...flags
+        ])
     } satisfies Lab
   })
 )
@@ -99,7 +130,7 @@ const ownRules = (rows: ReadonlyArray<RouterOsSimulator.Row>) =>
 /** miniupnpd's port forwards (nft dnat rules in the VPN namespace). */
 const vpnForwards = Effect.flatMap(
   BridgeLab,
-  ({ miniupnpd }) => Effect.map(miniupnpd.ruleset, NetworkLab.parseDnatRules)
+  ({ net }) => Effect.map(net.vpn.run(["nft", "list", "ruleset"]), ({ stdout }) => NetworkLab.parseDnatRules(stdout))
 )
 
 /** natpmpc in the LAN namespace, against the bridge. */
@@ -148,7 +179,7 @@ describe.skipIf(skipReason !== undefined)(
       it.scoped("natpmpc gets the VPN's public address through the bridge", () =>
         Effect.gen(function*() {
           const { net, startBridge } = yield* BridgeLab
-          yield* startBridge
+          yield* startBridge()
           const answer = yield* Natpmpc.publicAddress(net.lan, net.home.router)
           expect(answer.publicAddress).toBe(publicAddress)
         }))
@@ -160,7 +191,7 @@ describe.skipIf(skipReason !== undefined)(
           () =>
             Effect.gen(function*() {
               const { net, router, startBridge } = yield* BridgeLab
-              yield* startBridge
+              yield* startBridge()
               const mapped = yield* natpmpcMap(protocol, publicPort, privatePort, 600)
               expect(mapped).toMatchObject({ protocol, internalPort: privatePort, externalPort: publicPort })
               expect(mapped.lifetime).toBe(600)
@@ -197,7 +228,7 @@ describe.skipIf(skipReason !== undefined)(
       it.scoped("traffic from the internet reaches a LAN listener through both NAT layers, and its reply comes back", () =>
         Effect.gen(function*() {
           const { net, startBridge } = yield* BridgeLab
-          yield* startBridge
+          yield* startBridge()
           for (const [protocol, privatePort, publicPort] of [["tcp", 42000, 46000], ["udp", 42001, 46001]] as const) {
             const server = yield* NetworkLab.echoServer(net.lan, protocol, privatePort)
             const mapped = yield* natpmpcMap(protocol, publicPort, privatePort, 600)
@@ -235,7 +266,7 @@ describe.skipIf(skipReason !== undefined)(
           // RFC 6886 §3.2.1: 224.0.0.1:5350 on the internal interfaces; the VPN side is the external one
           const onLan = yield* NetworkLab.echoServer(net.lan, "udp", NatPmpMessage.AnnouncementPort, { silent: true })
           const onVpn = yield* NetworkLab.echoServer(net.vpn, "udp", NatPmpMessage.AnnouncementPort, { silent: true })
-          yield* startBridge
+          yield* startBridge()
           // the first two of the ten packets leave 250 ms apart
           const heard = yield* eventually(onLan.received, (received) => received.length >= 2, "two announcements")
           for (const announcement of heard) {
@@ -249,10 +280,99 @@ describe.skipIf(skipReason !== undefined)(
           expect(yield* onVpn.received).toStrictEqual([])
         }))
 
+      it.scoped("drops requests from the VPN side without an answer", () =>
+        Effect.gen(function*() {
+          const { net, startBridge } = yield* BridgeLab
+          const bridge = yield* startBridge()
+          // RFC 6886 §3.2: a gateway never accepts requests from its external side
+          const silence = yield* Effect.flip(
+            NetworkLab.probeNatPmp(net.vpn, net.vpnLink.router, { timeout: Duration.seconds(1) })
+          )
+          expect(silence.message).toContain("no NAT-PMP answer")
+          expect(yield* bridge.log).toContain(`dropped a datagram from ${net.vpnLink.gateway}: not an allowed client`)
+        }))
+
+      it.scoped(
+        "after miniupnpd restarts (VPN state loss) the bridge maps upstream again, traffic flows, the LAN is told",
+        () =>
+          Effect.gen(function*() {
+            const { net, restartMiniUpnpd, startBridge } = yield* BridgeLab
+            // the VPN's public address is refreshed every second: that request sees the epoch go backwards
+            const bridge = yield* startBridge("--reconcile-interval", "1s")
+            yield* NetworkLab.echoServer(net.lan, "tcp", 44000)
+            const mapped = yield* natpmpcMap("tcp", 48000, 44000, 600)
+            expect(mapped.externalPort).toBe(48000)
+            // a reset shows once the epoch is clearly lower than the time since the last answer (RFC 6886 §3.6),
+            // and the bridge's own epoch (its start announcement) must be clearly above the reset one
+            yield* Effect.sleep(Duration.seconds(4))
+            const listener = yield* NetworkLab.echoServer(net.lan, "udp", NatPmpMessage.AnnouncementPort, {
+              silent: true
+            })
+
+            // the old forward is gone with the old miniupnpd: only the bridge can bring it back
+            yield* restartMiniUpnpd
+            const forwards = yield* eventually(
+              vpnForwards,
+              (rules) => rules.length === 1,
+              "the bridge's mapping at the new miniupnpd",
+              Duration.seconds(8)
+            )
+            expect(forwards).toStrictEqual([
+              { protocol: "tcp", externalPort: 48000, address: net.vpnLink.router, internalPort: 44000 }
+            ])
+            const reply = yield* NetworkLab.sendAndReceive(net.inet, "tcp", net.ext.gateway, 48000, "after the restart")
+            expect(reply).toBe("echo after the restart")
+            expect(yield* bridge.log).toContain("the VPN gateway lost its mappings")
+            // the bridge's state began anew: it announces an epoch near 0, so LAN clients re-map
+            yield* eventually(
+              Effect.map(listener.received, (received) =>
+                received.flatMap(({ bytes }) => {
+                  const decoded = Either.getOrUndefined(NatPmpMessage.decodeResponse(bytes))
+                  return decoded === undefined ? [] : [decoded.epoch]
+                })),
+              (epochs) => epochs.some((epoch) => epoch <= 1),
+              "an announcement of a reset epoch"
+            )
+
+            yield* natpmpcMap("tcp", 0, 44000, 0)
+            yield* expectClean
+          })
+      )
+
+      it.scoped("a bridge killed outright leaves its rules; the next one adopts them and natpmpc's renewal works", () =>
+        Effect.gen(function*() {
+          const { net, router, startBridge } = yield* BridgeLab
+          yield* NetworkLab.echoServer(net.lan, "tcp", 45500)
+          yield* Effect.scoped(Effect.gen(function*() {
+            const first = yield* startBridge()
+            yield* natpmpcMap("tcp", 49000, 45500, 600)
+            yield* first.process.signal("SIGKILL")
+            yield* first.process.exited
+          }))
+          // nothing cleaned up: both layers still forward
+          yield* router.waitFor((state) => ownRules(state.natRules).length === 1, "the killed bridge's rule")
+          expect(yield* vpnForwards).toHaveLength(1)
+
+          const second = yield* startBridge()
+          const renewed = yield* natpmpcMap("tcp", 49000, 45500, 600)
+          expect(renewed).toMatchObject({ externalPort: 49000, lifetime: 600 })
+          const state = yield* router.state
+          expect(ownRules(state.natRules)).toHaveLength(1)
+          expect(yield* vpnForwards).toStrictEqual([
+            { protocol: "tcp", externalPort: 49000, address: net.vpnLink.router, internalPort: 45500 }
+          ])
+          expect(yield* NetworkLab.sendAndReceive(net.inet, "tcp", net.ext.gateway, 49000, "adopted")).toBe(
+            "echo adopted"
+          )
+          yield* natpmpcMap("tcp", 0, 45500, 0)
+          yield* expectClean
+          expect(yield* second.log).toMatch(/adopt/i)
+        }))
+
       it.scoped("on SIGTERM the bridge removes its router rules and VPN mappings, then exits 0", () =>
         Effect.gen(function*() {
           const { router, startBridge } = yield* BridgeLab
-          const bridge = yield* startBridge
+          const bridge = yield* startBridge()
           yield* natpmpcMap("tcp", 47000, 43000, 600)
           yield* natpmpcMap("udp", 47001, 43001, 600)
           yield* router.waitFor((s) => ownRules(s.natRules).length === 2, "both rules")
