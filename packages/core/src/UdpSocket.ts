@@ -178,6 +178,10 @@ export const localAddress = (socket: Dgram.Socket): { readonly address: string; 
 export const addMembership = (socket: Dgram.Socket, group: string): Effect.Effect<void, SocketFailure> =>
   attempt(`join multicast group ${group}`, () => socket.addMembership(group))
 
+/** Sends the socket's multicast datagrams out of the interface that has this local IPv4 address. */
+export const setMulticastInterface = (socket: Dgram.Socket, address: string): Effect.Effect<void, SocketFailure> =>
+  attempt(`send multicast from ${address}`, () => socket.setMulticastInterface(address))
+
 /** Whether an IPv4 address is in 224.0.0.0/4. */
 export const isMulticast = (address: string): boolean => {
   const first = Number(address.split(".")[0])

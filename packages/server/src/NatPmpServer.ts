@@ -7,7 +7,9 @@
  * - Op 0 is answered from the cached public address (result 3 while it is unknown), op 1/2 by the
  *   {@link MappingService} within its request timeout.
  * - Announcements (10 packets, 250 ms doubling) go out from the server's socket on start and whenever the mapping
- *   state is reset.
+ *   state is reset; to a multicast target on the internal interfaces only (RFC 6886 §3.2.1): out of each local
+ *   interface with an address among the allowed clients' networks (or the bound address), never by the default route,
+ *   which leads to the VPN.
  *
  * @since 0.1.0
  */
@@ -20,6 +22,7 @@ import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
 import * as Queue from "effect/Queue"
 import type * as Scope from "effect/Scope"
+import * as Os from "node:os"
 import * as Announcer from "./Announcer.js"
 import { ClientPolicy, normalizeAddress } from "./ClientPolicy.js"
 import { MappingService } from "./MappingService.js"
@@ -166,11 +169,34 @@ export const make = (
       })
     ))
 
+    // A multicast announcement leaves once per internal interface: the bound address's, or each local interface
+    // whose address an allowed client could have. Without such an interface, by the routing table (the default).
+    const internalAddresses = (): ReadonlyArray<string> =>
+      local.address !== "0.0.0.0"
+        ? [local.address]
+        : Object.values(Os.networkInterfaces()).flatMap((infos) =>
+          (infos ?? []).flatMap((info) =>
+            info.family === "IPv4" && !info.internal && policy.isAllowed(info.address) ? [info.address] : []
+          )
+        )
+    const sendAnnouncement = (bytes: Uint8Array, to: { readonly address: string; readonly port: number }) =>
+      Effect.gen(function*() {
+        const sources = Udp.isMulticast(to.address) ? internalAddresses() : []
+        if (sources.length === 0) return yield* Udp.send(socket, bytes, to)
+        for (const source of sources) {
+          // one at a time: the interface is a socket option, read when the datagram leaves
+          yield* Udp.setMulticastInterface(socket, source).pipe(
+            Effect.zipRight(Udp.send(socket, bytes, to)),
+            Effect.catchAll((error) => Effect.logDebug(`announcement not sent from ${source}: ${error.message}`))
+          )
+        }
+      })
+
     const announcer = options.announce === false
       ? undefined
       : yield* Announcer.make(
         options.announce ?? {},
-        (bytes, to) => Udp.send(socket, bytes, to),
+        sendAnnouncement,
         Effect.all({ epoch: mapping.epoch, publicAddress: mapping.publicAddress })
       )
     const announce = announcer === undefined ? Effect.void : announcer.announce

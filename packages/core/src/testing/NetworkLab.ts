@@ -657,6 +657,125 @@ export const probeNatPmp = (
   })
 
 // -----------------------------------------------------------------------------
+// test traffic
+// -----------------------------------------------------------------------------
+
+// An echo server on 0.0.0.0:port: prints `listening`, then `<from address> <payload as hex>` for every TCP segment or
+// UDP datagram it receives, and sends it back prefixed with `echo ` (unless the third argument is `silent`).
+const echoServerScript = `
+const [protocol, port, mode] = process.argv.slice(1)
+const report = (from, data) => process.stdout.write(from + " " + data.toString("hex") + "\\n")
+const reply = (data) => Buffer.concat([Buffer.from("echo "), data])
+const listening = () => process.stdout.write("listening\\n")
+if (protocol === "tcp") {
+  const server = require("node:net").createServer((socket) => {
+    socket.on("error", () => {})
+    socket.on("data", (data) => {
+      report(socket.remoteAddress, data)
+      if (mode !== "silent") socket.write(reply(data))
+    })
+  })
+  server.listen(Number(port), "0.0.0.0", listening)
+} else {
+  const socket = require("node:dgram").createSocket("udp4")
+  socket.on("message", (data, from) => {
+    report(from.address, data)
+    if (mode !== "silent") socket.send(reply(data), from.port, from.address)
+  })
+  socket.bind(Number(port), "0.0.0.0", listening)
+}
+`
+
+/** What an {@link echoServer} received: the sender's address and the bytes. */
+export interface Received {
+  readonly from: string
+  /** The bytes as UTF-8 text. */
+  readonly payload: string
+  readonly bytes: Uint8Array
+}
+
+/** A running echo server; see {@link echoServer}. */
+export interface EchoServer {
+  readonly process: LabProcess
+  /** Everything received so far, in order. */
+  readonly received: Effect.Effect<ReadonlyArray<Received>>
+}
+
+/**
+ * Starts an echo server on `0.0.0.0:port` (TCP or UDP) inside a namespace: every payload is recorded with its
+ * sender's address and sent back prefixed with `echo ` (with `silent`, only recorded: a listener). Waits until it
+ * listens; stopped when the scope closes.
+ */
+export const echoServer = (
+  ns: Namespace,
+  protocol: NatPmpMessage.Protocol,
+  port: number,
+  options: { readonly silent?: boolean | undefined } = {}
+): Effect.Effect<EchoServer, NetworkLabError, Scope.Scope> =>
+  Effect.gen(function*() {
+    const mode = options.silent ? "silent" : "echo"
+    const server = yield* spawn([process.execPath, "-e", echoServerScript, protocol, String(port), mode], {
+      namespace: ns,
+      name: `${protocol} echo server on port ${port} in ${ns.name}`
+    })
+    const first = yield* live(Effect.timeoutOption(Queue.take(server.lines), Duration.seconds(10)))
+    if (Option.isNone(first) || first.value !== "listening") {
+      const stderr = yield* server.stderr
+      return yield* new NetworkLabError({ reason: `${server.name} did not start: ${firstLines(stderr)}` })
+    }
+    const received: Array<Received> = []
+    yield* Effect.forkScoped(Effect.forever(Effect.map(Queue.take(server.lines), (line) => {
+      const [from, hex] = line.split(" ")
+      const bytes = Buffer.from(hex ?? "", "hex")
+      received.push({ from, payload: bytes.toString(), bytes: Uint8Array.from(bytes) })
+    })))
+    return { process: server, received: Effect.sync(() => [...received]) }
+  })
+
+// Sends a payload to address:port (TCP or UDP) and prints the first reply; exit 3 with the error on stderr when
+// there is none within the timeout.
+const sendScript = `
+const [protocol, address, port, payload, timeoutMillis] = process.argv.slice(1)
+const fail = (message) => { process.stderr.write(message + "\\n"); process.exit(3) }
+setTimeout(() => fail("no reply from " + address + ":" + port + " within " + timeoutMillis + " ms"), Number(timeoutMillis))
+const done = (data) => { process.stdout.write(data.toString()); process.exit(0) }
+if (protocol === "tcp") {
+  const socket = require("node:net").connect(Number(port), address)
+  socket.on("connect", () => socket.write(payload))
+  socket.on("data", done)
+  socket.on("error", (error) => fail(error.message))
+} else {
+  const socket = require("node:dgram").createSocket("udp4")
+  socket.on("message", done)
+  socket.on("error", (error) => fail(error.message))
+  socket.send(payload, Number(port), address)
+}
+`
+
+/**
+ * Sends `payload` from inside a namespace to `address:port` (a TCP connection, or one UDP datagram) and returns the
+ * first reply. Fails with a {@link CommandError} whose stderr says why (`connect ECONNREFUSED …`, or no reply within
+ * `timeout`, default 3 s).
+ */
+export const sendAndReceive = (
+  ns: Where,
+  protocol: NatPmpMessage.Protocol,
+  address: string,
+  port: number,
+  payload: string,
+  timeout: Duration.DurationInput = Duration.seconds(3)
+): Effect.Effect<string, CommandError> => {
+  const millis = Duration.toMillis(Duration.decode(timeout))
+  return Effect.map(
+    run([process.execPath, "-e", sendScript, protocol, address, String(port), payload, String(millis)], {
+      namespace: ns,
+      timeout: Duration.millis(millis + 5_000)
+    }),
+    ({ stdout }) => stdout
+  )
+}
+
+// -----------------------------------------------------------------------------
 // the gateway topology
 // -----------------------------------------------------------------------------
 
@@ -685,19 +804,26 @@ export interface GatewayLab {
   }
   /** A temporary directory for configuration files, removed with the lab. */
   readonly directory: string
+  /** A third `/24` next to the LAN and the external link, unused by this lab (e.g. `10.a.(b+2)`, no `.0/24`). */
+  readonly spareNetwork: string
 }
 
 /** Options of {@link gatewayLab}. */
 export interface GatewayLabOptions {
   /** Namespace name prefix (default `nplab`): namespaces are `<prefix>-vpn-<pid>-<suffix>` etc. */
   readonly prefix?: string | undefined
+  /** The role in the client namespace's name (default `cli`: `<prefix>-cli-<pid>-<suffix>`). */
+  readonly clientRole?: string | undefined
+  /** The client's interface toward the gateway (default `eth0`). */
+  readonly clientInterface?: string | undefined
 }
 
+// Four consecutive /24s 10.a.b.0 … 10.a.(b+3).0 (b a multiple of 4): the LAN, the external link, one spare.
 const randomNetworks = () => {
   const [a, b] = Crypto.randomBytes(2)
   const first = 1 + (a % 254)
-  const lan = b & 0xfe
-  return { lan: `10.${first}.${lan}`, ext: `10.${first}.${lan + 1}` }
+  const lan = b & 0xfc
+  return { lan: `10.${first}.${lan}`, ext: `10.${first}.${lan + 1}`, spare: `10.${first}.${lan + 2}` }
 }
 
 /**
@@ -712,14 +838,14 @@ export const gatewayLab = (
     yield* reapOrphanedNamespaces(prefix)
     const directory = yield* temporaryDirectory(prefix)
     const vpn = yield* namespace(`${prefix}-vpn`)
-    const cli = yield* namespace(`${prefix}-cli`)
+    const cli = yield* namespace(`${prefix}-${options.clientRole ?? "cli"}`)
     const inet = yield* namespace(`${prefix}-inet`)
     const networks = randomNetworks()
     const lan = { network: `${networks.lan}.0/24`, gateway: `${networks.lan}.1`, client: `${networks.lan}.2` }
     const ext = { network: `${networks.ext}.0/24`, gateway: `${networks.ext}.1`, peer: `${networks.ext}.2` }
     yield* vethPair(
       { namespace: vpn, name: "vpnlan", address: `${lan.gateway}/24` },
-      { namespace: cli, name: "eth0", address: `${lan.client}/24` }
+      { namespace: cli, name: options.clientInterface ?? "eth0", address: `${lan.client}/24` }
     )
     yield* vethPair(
       { namespace: vpn, name: "ext0", address: `${ext.gateway}/24` },
@@ -727,8 +853,109 @@ export const gatewayLab = (
     )
     yield* addRoute(cli, "default", lan.gateway)
     yield* enableForwarding(vpn)
-    return { vpn, cli, inet, lan, ext, directory }
+    return { vpn, cli, inet, lan, ext, directory, spareNetwork: networks.spare }
   }).pipe(Effect.withSpan("NetworkLab.gatewayLab"))
+
+// -----------------------------------------------------------------------------
+// the double NAT topology
+// -----------------------------------------------------------------------------
+
+/** The namespaces and addresses of {@link doubleNatLab}. */
+export interface DoubleNatLab {
+  /** The gateway topology underneath: its client namespace (`cli`) is the router. */
+  readonly gatewayLab: GatewayLab
+  /** The internet: `eth0`, on the VPN gateway's external link. */
+  readonly inet: Namespace
+  /** The VPN gateway: `vpnlan` toward the router, `ext0` toward the internet; routes the home LAN via the router. */
+  readonly vpn: Namespace
+  /** The router: its VPN interface toward the gateway (default route), `lan0` toward the home LAN; forwards IPv4. */
+  readonly router: Namespace
+  /** The home LAN client: `eth0`, default route via the router. */
+  readonly lan: Namespace
+  /** The link between the VPN gateway and the router. */
+  readonly vpnLink: {
+    readonly network: string
+    /** The VPN gateway's address, e.g. `10.a.b.1`. */
+    readonly gateway: string
+    /** The router's address (the source of its NAT-PMP requests), e.g. `10.a.b.2`. */
+    readonly router: string
+    /** The router's interface on it. */
+    readonly routerInterface: string
+  }
+  /** The VPN gateway's external link. */
+  readonly ext: GatewayLab["ext"]
+  /** The home LAN behind the router. */
+  readonly home: {
+    readonly network: string
+    /** The router's LAN address (`lan0`), e.g. `10.a.(b+2).1`. */
+    readonly router: string
+    readonly routerInterface: string
+    /** The LAN client's address, e.g. `10.a.(b+2).2`. */
+    readonly client: string
+  }
+  /** A temporary directory, removed with the lab. */
+  readonly directory: string
+}
+
+/** Options of {@link doubleNatLab}. */
+export interface DoubleNatLabOptions {
+  /** Namespace name prefix (default `nplab`). */
+  readonly prefix?: string | undefined
+  /** The router's interface toward the VPN gateway (default `wg0`). */
+  readonly routerVpnInterface?: string | undefined
+}
+
+/**
+ * Builds a double NAT: a LAN client behind a router whose internet leg is a NAT-PMP VPN gateway.
+ *
+ * ```
+ *   ns lan               ns router                           ns vpn                          ns inet
+ *   eth0 .(b+2).2 <-> lan0 .(b+2).1 | wg0 .b.2  <->  vpnlan .b.1 | ext0 .(b+1).1  <->  eth0 .(b+1).2
+ *   default via router   default via vpn, forwards           route to the LAN via router
+ * ```
+ *
+ * All addresses are in a random `10.a.b.0/22`; everything is removed when the scope closes.
+ */
+export const doubleNatLab = (
+  options: DoubleNatLabOptions = {}
+): Effect.Effect<DoubleNatLab, CommandError | NetworkLabError, Scope.Scope> =>
+  Effect.gen(function*() {
+    const prefix = options.prefix ?? "nplab"
+    const routerInterface = options.routerVpnInterface ?? "wg0"
+    const gateway = yield* gatewayLab({ prefix, clientRole: "router", clientInterface: routerInterface })
+    const router = gateway.cli
+    const lan = yield* namespace(`${prefix}-lan`)
+    const homeNet = gateway.spareNetwork
+    const home = {
+      network: `${homeNet}.0/24`,
+      router: `${homeNet}.1`,
+      routerInterface: "lan0",
+      client: `${homeNet}.2`
+    }
+    yield* vethPair(
+      { namespace: router, name: home.routerInterface, address: `${home.router}/24` },
+      { namespace: lan, name: "eth0", address: `${home.client}/24` }
+    )
+    yield* addRoute(lan, "default", home.router)
+    yield* addRoute(gateway.vpn, home.network, gateway.lan.client)
+    yield* enableForwarding(router)
+    return {
+      gatewayLab: gateway,
+      inet: gateway.inet,
+      vpn: gateway.vpn,
+      router,
+      lan,
+      vpnLink: {
+        network: gateway.lan.network,
+        gateway: gateway.lan.gateway,
+        router: gateway.lan.client,
+        routerInterface
+      },
+      ext: gateway.ext,
+      home,
+      directory: gateway.directory
+    }
+  }).pipe(Effect.withSpan("NetworkLab.doubleNatLab"))
 
 // -----------------------------------------------------------------------------
 // miniupnpd

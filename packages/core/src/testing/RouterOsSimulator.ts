@@ -21,6 +21,7 @@ import * as Effect from "effect/Effect"
 import * as Either from "effect/Either"
 import * as Layer from "effect/Layer"
 import * as Redacted from "effect/Redacted"
+import * as Runtime from "effect/Runtime"
 import type * as Scope from "effect/Scope"
 import * as Crypto from "node:crypto"
 import * as Net from "node:net"
@@ -78,6 +79,14 @@ export interface Options {
     | { readonly key: string | Uint8Array; readonly cert: string | Uint8Array }
     | { readonly anonymousDh: true }
     | undefined
+  /**
+   * A backend for the NAT table, e.g. real packet filter rules ({@link NftDstNat}): called with the whole table once
+   * at start and after every change (API `add`/`set`/`remove` and the direct `addNatRule`/`setNatRule`/
+   * `removeNatRule`), one call at a time, each with the table as it is when the call starts. The reply to the command
+   * that changed the table waits until the backend is done, so a client sees the change in effect once it is
+   * answered (replies of one connection keep their order). A failure is logged and does not fail the command.
+   */
+  readonly onNatChange?: ((rules: ReadonlyArray<Row>) => Effect.Effect<void, unknown>) | undefined
 }
 
 /**
@@ -631,6 +640,9 @@ class State {
   readonly sockets = new Set<Net.Socket>()
   faults: Faults = { dropAfter: undefined, delayMs: 0, rejectLogin: false, fatal: undefined, traps: new Map() }
 
+  /** Runs the NAT backend (serialized); undefined without one. */
+  natChanged: () => Promise<void> | undefined = () => undefined
+
   constructor(public version: string, public emptyReplies: boolean) {}
 
   allocateId(): string {
@@ -714,6 +726,19 @@ class SimConnection {
     this.socket.destroy()
   }
 
+  /** The last reply still waiting for the NAT backend; later replies of this connection wait for it. */
+  private outbox: Promise<void> | undefined = undefined
+
+  /** Writes the replies once `after` (the NAT backend) and the replies before them are done. */
+  private send(sentences: ReadonlyArray<Reply>, tag: string | undefined, after: Promise<void> | undefined): void {
+    if (after === undefined && this.outbox === undefined) return this.write(sentences, tag)
+    const next = Promise.all([this.outbox, after]).then(() => this.write(sentences, tag))
+    this.outbox = next
+    void next.then(() => {
+      if (this.outbox === next) this.outbox = undefined
+    })
+  }
+
   private write(sentences: ReadonlyArray<Reply>, tag: string | undefined): void {
     if (this.closed) return
     const parts = sentences.map((words) => encodeSentence(tag === undefined ? words : [...words, `.tag=${tag}`]))
@@ -776,12 +801,14 @@ class SimConnection {
       const key = tag ?? ""
       const timer = setTimeout(() => {
         this.delayed.delete(key)
-        this.write(this.execute(path, parts), tag)
+        const [replies, applied] = this.execute(path, parts)
+        this.send(replies, tag, applied)
       }, faults.delayMs)
       this.delayed.set(key, timer)
       return
     }
-    this.write(this.execute(path, parts), tag)
+    const [replies, applied] = this.execute(path, parts)
+    this.send(replies, tag, applied)
   }
 
   private login(attributes: Record<string, string>): Array<Reply> {
@@ -825,7 +852,11 @@ class SimConnection {
     return [["!done"]]
   }
 
-  private execute(path: string, parts: ReturnType<typeof sentenceParts>): Array<Reply> {
+  /** The replies, and the NAT backend's run when the command changed the NAT table. */
+  private execute(
+    path: string,
+    parts: ReturnType<typeof sentenceParts>
+  ): [Array<Reply>, Promise<void> | undefined] {
     const state = this.state
     const result = ((): Array<Reply> | Trap => {
       switch (path) {
@@ -852,7 +883,10 @@ class SimConnection {
           return new Trap("no such command prefix", TrapCategory.MissingItemOrCommand)
       }
     })()
-    return result instanceof Trap ? [trapReply(result), ["!done"]] : result
+    if (result instanceof Trap) return [[trapReply(result), ["!done"]], undefined]
+    const changed = path === "/ip/firewall/nat/add" || path === "/ip/firewall/nat/set" ||
+      path === "/ip/firewall/nat/remove"
+    return [result, changed ? state.natChanged() : undefined]
   }
 
   private print(table: ReadonlyArray<Row>, parts: ReturnType<typeof sentenceParts>): Array<Reply> | Trap {
@@ -1004,6 +1038,20 @@ export const make = (options?: Options): Effect.Effect<Simulator, RouterOsSimula
     state.nat.push(...state.withIds(options?.natRules))
     state.routes = state.withIds(options?.routes)
     state.addresses = state.withIds(options?.addresses)
+    const onNatChange = options?.onNatChange
+    if (onNatChange !== undefined) {
+      const runtime = yield* Effect.runtime<never>()
+      let last: Promise<void> = Promise.resolve()
+      const apply = Effect.suspend(() => onNatChange(state.nat.map((row) => ({ ...row })))).pipe(
+        Effect.catchAllCause((cause) => Effect.logWarning("RouterOS simulator: the NAT backend failed", cause))
+      )
+      state.natChanged = () => {
+        last = last.then(() => Runtime.runPromise(runtime, apply))
+        return last
+      }
+      yield* Effect.promise(() => state.natChanged()!)
+    }
+    const natChanged = Effect.promise(() => state.natChanged() ?? Promise.resolve())
     const connectionOptions = { user, password, login: options?.login ?? "plain" }
 
     const accept = (socket: Net.Socket) => {
@@ -1060,7 +1108,7 @@ export const make = (options?: Options): Effect.Effect<Simulator, RouterOsSimula
           const { ".id": _ignored, ...rest } = row
           state.nat.push({ ".id": id, disabled: "false", ...rest })
           return id
-        }),
+        }).pipe(Effect.zipLeft(natChanged)),
       setNatRule: (id, patch) =>
         Effect.sync(() => {
           const row = findNat(id)
@@ -1069,14 +1117,14 @@ export const make = (options?: Options): Effect.Effect<Simulator, RouterOsSimula
           for (const key of Object.keys(row)) delete row[key]
           Object.assign(row, next, { ".id": id })
           return true
-        }),
+        }).pipe(Effect.tap((changed) => changed ? natChanged : Effect.void)),
       removeNatRule: (id) =>
         Effect.sync(() => {
           const index = state.nat.findIndex((r) => r[".id"] === id)
           if (index === -1) return false
           state.nat.splice(index, 1)
           return true
-        }),
+        }).pipe(Effect.tap((changed) => changed ? natChanged : Effect.void)),
       setRoutes: (rows) =>
         Effect.sync(() => {
           state.routes = state.withIds(rows)

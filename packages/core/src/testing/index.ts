@@ -4,6 +4,8 @@
  *
  * @since 0.1.0
  */
+export * as Natpmpc from "./Natpmpc.js"
 export * as NatPmpGatewaySimulator from "./NatPmpGatewaySimulator.js"
 export * as NetworkLab from "./NetworkLab.js"
+export * as NftDstNat from "./NftDstNat.js"
 export * as RouterOsSimulator from "./RouterOsSimulator.js"

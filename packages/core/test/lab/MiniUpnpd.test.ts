@@ -11,7 +11,7 @@
 import { assert, describe, expect, layer } from "@effect/vitest"
 import type { NatPmpMessage } from "@natpmp-bridge/core"
 import { NatPmpClient } from "@natpmp-bridge/core"
-import { NetworkLab } from "@natpmp-bridge/core/testing"
+import { Natpmpc, NetworkLab } from "@natpmp-bridge/core/testing"
 import * as Context from "effect/Context"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
@@ -25,7 +25,6 @@ import * as Url from "node:url"
 import type { AgentEvent, AgentOptions, RemoteKeepEvent } from "./AgentProtocol.js"
 import type { Agent } from "./LabAgent.js"
 import { AgentRequestError, bundleAgent, startAgent } from "./LabAgent.js"
-import * as Natpmpc from "./Natpmpc.js"
 
 type Protocol = NatPmpMessage.Protocol
 

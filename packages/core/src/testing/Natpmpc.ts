@@ -1,11 +1,13 @@
 /**
- * libnatpmp's `natpmpc` (Debian package natpmpc), run inside a lab namespace, with its output parsed: the reference
- * client the project's client is compared with.
+ * libnatpmp's `natpmpc` (Debian package natpmpc), run inside a lab namespace ({@link NetworkLab}), with its output
+ * parsed: the reference client the project's client and bridge are compared with.
+ *
+ * @since 0.1.0
  */
-import type { NatPmpMessage } from "@natpmp-bridge/core"
-import type { NetworkLab } from "@natpmp-bridge/core/testing"
 import * as Data from "effect/Data"
 import * as Effect from "effect/Effect"
+import type * as NatPmpMessage from "../NatPmpMessage.js"
+import type * as NetworkLab from "./NetworkLab.js"
 
 /** natpmpc failed, or printed something this wrapper does not understand. */
 export class NatpmpcError extends Data.TaggedError("NatpmpcError")<{
@@ -13,7 +15,8 @@ export class NatpmpcError extends Data.TaggedError("NatpmpcError")<{
   readonly output: string
 }> {
   get message(): string {
-    return `natpmpc ${this.reason}; it printed:\n${this.output}`
+    const printed = this.output.split("\n").map((line) => line.trim()).filter((line) => line !== "").join(" | ")
+    return `natpmpc ${this.reason}; it printed: ${printed}`
   }
 }
 
