@@ -646,7 +646,12 @@ export const make = (
           externalPort: answer.externalPort,
           lifetime: answer.lifetime
         } satisfies NatPmpMessage.MapResponse
-      }).pipe(Effect.annotateLogs({ client, protocol: request.protocol, internalPort: request.internalPort }))
+      }).pipe(Effect.annotateLogs({
+        key: keyOf(client, request.protocol, request.internalPort),
+        client,
+        protocol: request.protocol,
+        internalPort: request.internalPort
+      }))
 
     // -------------------------------------------------------------------------
     // expiry
