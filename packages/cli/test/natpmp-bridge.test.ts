@@ -281,7 +281,7 @@ describe("natpmp-bridge", () => {
     it.live.each(
       [
         [["serv"], /Invalid subcommand/],
-        [[], /missing command: serve, check or demo/],
+        [[], /missing command: serve, check, status or demo/],
         [["serve", "--vpn-gatway", "1.2.3.4"], /unknown option '--vpn-gatway' for 'serve'/],
         [["demo", "--fast"], /unknown option '--fast' for 'demo'/]
       ] as const

@@ -6,7 +6,10 @@
  * - `Bridge.layer(config)` / `Bridge.layerConfig` for another Effect application,
  * - `Bridge.serve(config)` runs it until interrupted (SIGINT/SIGTERM through the runtime), then shuts down
  *   gracefully: the server stops answering, requests in flight finish, and every own rule (one remove) and VPN
- *   mapping is removed within the shutdown timeout.
+ *   mapping is removed within the shutdown timeout. It logs in the configured `LOG_FORMAT` (its only logger).
+ *
+ * Every instance has its own metrics (`BridgeMetrics`, the router and VPN services instrumented) and a
+ * `MetricsServer` (with its HTTP server of `/metrics` and `/healthz` when `METRICS_ADDR` is set).
  *
  * @since 0.1.0
  */
@@ -19,14 +22,18 @@ import * as Layer from "effect/Layer"
 import * as Logger from "effect/Logger"
 import type { BridgeConfig } from "./BridgeConfig.js"
 import * as BridgeConfigModule from "./BridgeConfig.js"
+import * as BridgeLogger from "./BridgeLogger.js"
+import * as BridgeMetrics from "./BridgeMetrics.js"
 import * as ClientPolicy from "./ClientPolicy.js"
 import * as MappingService from "./MappingService.js"
+import * as MetricsServer from "./MetricsServer.js"
 import * as MikroTikRouter from "./MikroTikRouter.js"
 import * as NatPmpServer from "./NatPmpServer.js"
 import * as NatPmpVpnGateway from "./NatPmpVpnGateway.js"
 import type { InInterfaceNotFoundError, RouterError } from "./Router.js"
 import { Router } from "./Router.js"
-import type { VpnGateway, VpnGatewayError } from "./VpnGateway.js"
+import type { VpnGatewayError } from "./VpnGateway.js"
+import { VpnGateway } from "./VpnGateway.js"
 
 /** The router reports no LAN network and `ALLOWED_CLIENTS` is not set: nobody could use the bridge. */
 export class NoAllowedClientsError extends Data.TaggedError("NoAllowedClientsError")<{
@@ -46,6 +53,7 @@ export type BridgeError =
   | VpnGatewayError
   | NoAllowedClientsError
   | NatPmpServer.NatPmpServerError
+  | MetricsServer.MetricsServerError
 
 /** The services the bridge layer provides. */
 export type Services =
@@ -54,6 +62,8 @@ export type Services =
   | Router
   | VpnGateway
   | ClientPolicy.ClientPolicy
+  | BridgeMetrics.BridgeMetrics
+  | MetricsServer.MetricsServer
 
 /** The client policy: the configured networks, or the router's LAN networks. */
 const policyLayer = (
@@ -81,13 +91,20 @@ const policyLayer = (
 export const layerWithoutRouterOs = (
   config: BridgeConfig
 ): Layer.Layer<Services, Exclude<BridgeError, RouterOsClient.RouterOsError>, RouterOsClient.RouterOsClient> => {
-  const router = MikroTikRouter.layer({ vpnGateway: config.vpnGateway, inInterface: config.inInterface })
-  const vpn = NatPmpVpnGateway.layer({
+  const metrics = BridgeMetrics.layer({ bridgeId: config.bridgeId })
+  const router = Layer.effect(
+    Router,
+    Effect.zipWith(Router, BridgeMetrics.BridgeMetrics, BridgeMetrics.instrumentRouter)
+  ).pipe(Layer.provide(MikroTikRouter.layer({ vpnGateway: config.vpnGateway, inInterface: config.inInterface })))
+  const vpn = Layer.effect(
+    VpnGateway,
+    Effect.zipWith(VpnGateway, BridgeMetrics.BridgeMetrics, BridgeMetrics.instrumentVpn)
+  ).pipe(Layer.provide(NatPmpVpnGateway.layer({
     gateway: config.vpnGateway,
     port: config.vpnGatewayPort,
     maxAttempts: config.vpnMaxAttempts,
     refreshInterval: config.reconcileInterval
-  })
+  })))
   const upstream = Layer.merge(router, vpn)
   const policy = policyLayer(config).pipe(Layer.provide(router))
   const base = Layer.merge(upstream, policy)
@@ -104,7 +121,14 @@ export const layerWithoutRouterOs = (
     port: config.listen.port,
     announce: config.announce === false ? false : { target: config.announce }
   })
-  return withLogLevel(config, server.pipe(Layer.provideMerge(mapping)))
+  const endpoint = MetricsServer.layer({
+    listen: config.metrics,
+    vpnFreshness: Duration.max(Duration.times(config.reconcileInterval, 2), Duration.seconds(30))
+  })
+  return withLogLevel(
+    config,
+    endpoint.pipe(Layer.provideMerge(server.pipe(Layer.provideMerge(mapping))), Layer.provideMerge(metrics))
+  )
 }
 
 const withLogLevel = <A, E, R>(config: BridgeConfig, layer: Layer.Layer<A, E, R>): Layer.Layer<A, E, R> =>
@@ -141,7 +165,8 @@ export const serve = (config: BridgeConfig): Effect.Effect<never, BridgeError> =
       )
     )
   )
-  return config.logLevel === undefined ? run : run.pipe(Logger.withMinimumLogLevel(config.logLevel))
+  const leveled = config.logLevel === undefined ? run : run.pipe(Logger.withMinimumLogLevel(config.logLevel))
+  return leveled.pipe(BridgeLogger.withFormat(config.logFormat))
 }
 
 /** {@link serve} configured from the environment. */

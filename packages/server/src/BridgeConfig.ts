@@ -18,6 +18,7 @@ import * as Either from "effect/Either"
 import * as LogLevel from "effect/LogLevel"
 import * as Option from "effect/Option"
 import * as Redacted from "effect/Redacted"
+import type { LogFormat } from "./BridgeLogger.js"
 import type { Ipv4Network } from "./ClientPolicy.js"
 import { parseIpv4, parseNetworks } from "./ClientPolicy.js"
 import type { PortMode } from "./MappingService.js"
@@ -61,6 +62,10 @@ export interface BridgeConfig {
   readonly announce: false | { readonly address: string; readonly port: number }
   /** Sends per VPN request (250 ms doubling); 3 keeps a silent VPN within the request timeout. */
   readonly vpnMaxAttempts: number
+  /** How log lines look (`Bridge.serve`); `pretty` by default. */
+  readonly logFormat: LogFormat
+  /** Where the HTTP server of `/metrics` and `/healthz` listens (port 0: ephemeral); `undefined`: no server. */
+  readonly metrics: { readonly address: string; readonly port: number } | undefined
 }
 
 /** Programmatic options: the required settings and any of the others. */
@@ -91,6 +96,8 @@ export interface BridgeOptions {
   readonly shutdownTimeout?: Duration.DurationInput | undefined
   readonly announce?: false | { readonly address: string; readonly port: number } | undefined
   readonly vpnMaxAttempts?: number | undefined
+  readonly logFormat?: LogFormat | undefined
+  readonly metrics?: { readonly address?: string | undefined; readonly port?: number | undefined } | undefined
 }
 
 /** Defaults of the optional settings. */
@@ -108,6 +115,8 @@ export const defaults = {
   shutdownTimeout: Duration.seconds(10),
   announce: { address: "224.0.0.1", port: 5350 },
   vpnMaxAttempts: 3,
+  logFormat: "pretty" as LogFormat,
+  metrics: { address: "0.0.0.0", port: 9464 },
   /** The RouterOS command timeout: below the request timeout, so a stuck router still gets an answer 3 in time. */
   commandTimeout: Duration.millis(1500)
 } as const
@@ -170,7 +179,12 @@ export const make = (options: BridgeOptions): Either.Either<BridgeConfig, Bridge
       adoptionGrace: Duration.decode(options.adoptionGrace ?? defaults.adoptionGrace),
       shutdownTimeout: Duration.decode(options.shutdownTimeout ?? defaults.shutdownTimeout),
       announce: options.announce ?? defaults.announce,
-      vpnMaxAttempts: options.vpnMaxAttempts ?? defaults.vpnMaxAttempts
+      vpnMaxAttempts: options.vpnMaxAttempts ?? defaults.vpnMaxAttempts,
+      logFormat: options.logFormat ?? defaults.logFormat,
+      metrics: options.metrics === undefined ? undefined : {
+        address: options.metrics.address ?? defaults.metrics.address,
+        port: options.metrics.port ?? defaults.metrics.port
+      }
     } satisfies BridgeConfig
   })
 
@@ -284,6 +298,13 @@ const parseAnnounce: Parse<false | { readonly address: string; readonly port: nu
   ["off", "false", "no", "none"].includes(text.trim().toLowerCase())
     ? Either.right(false)
     : parseHostPort("224.0.0.1", 5350)(text)
+
+const parseLogFormat: Parse<LogFormat> = (text) => {
+  const value = text.trim().toLowerCase()
+  return value === "pretty" || value === "json"
+    ? Either.right(value)
+    : Either.left(`expected pretty or json, got "${text}"`)
+}
 
 const parseFingerprint: Parse<string> = (text) =>
   text.replace(/[^0-9a-fA-F]/g, "").length === 64
@@ -458,6 +479,19 @@ export const settings = {
     "NAT-PMP port of the VPN gateway (for tests)",
     parseInteger(1, 65535),
     { default: "5351" }
+  ),
+  logFormat: setting(
+    "LOG_FORMAT",
+    "log-format",
+    "log lines on stderr: pretty (time, level, message, key=value annotations) or json (one object per line)",
+    parseLogFormat,
+    { default: "pretty" }
+  ),
+  metrics: setting(
+    "METRICS_ADDR",
+    "metrics-addr",
+    "address:port or :port of the HTTP server for Prometheus /metrics and /healthz (default: none)",
+    parseHostPort(defaults.metrics.address, defaults.metrics.port)
   )
 } as const
 
@@ -546,7 +580,9 @@ export const fromStrings = (
       requestTimeout: values.requestTimeout,
       adoptionGrace: values.adoptionGrace,
       shutdownTimeout: values.shutdownTimeout,
-      announce: values.announce
+      announce: values.announce,
+      logFormat: values.logFormat,
+      metrics: values.metrics
     })
   })
 
@@ -599,5 +635,39 @@ export const describe = (config: BridgeConfig): string =>
     `interface=${config.inInterface ?? "auto"}`,
     `reconcile=${Duration.format(config.reconcileInterval)}`,
     `maxLifetime=${config.maxLifetime}s`,
-    `quota=${config.clientQuota}`
+    `quota=${config.clientQuota}`,
+    `metrics=${config.metrics === undefined ? "off" : `${config.metrics.address}:${config.metrics.port}`}`
   ].join(" ")
+
+/** The settings `natpmp-bridge status` reads: the RouterOS API connection and the bridge id. */
+export const routerSettingNames = [
+  "mikrotikAddress",
+  "mikrotikPassword",
+  "mikrotikUser",
+  "mikrotikTls",
+  "mikrotikTlsCa",
+  "mikrotikTlsFingerprint",
+  "bridgeId"
+] as const satisfies ReadonlyArray<SettingName>
+
+/**
+ * The RouterOS API connection and the bridge id from flags over the environment, without the settings only `serve`
+ * needs (`VPN_GATEWAY`...). Errors name the flag or the variable, like {@link resolve}.
+ */
+export const resolveRouter = (
+  flags: RawSettings
+): Effect.Effect<{ readonly mikrotik: RouterOsClient.Options; readonly bridgeId: string }, BridgeConfigError> =>
+  Effect.gen(function*() {
+    const env = yield* Effect.orElseSucceed(rawFromEnv, () => ({} as RawSettings))
+    const merged: Record<string, string | undefined> = {}
+    for (const name of routerSettingNames) {
+      const flag = flags[name]
+      merged[name] = flag !== undefined && flag !== "" ? flag : env[name]
+    }
+    // the VPN gateway is not used: any valid address lets the shared validation run
+    const config = yield* fromStrings(
+      { ...merged, vpnGateway: "127.0.0.1" },
+      (name, setting) => flags[name] !== undefined && flags[name] !== "" ? `--${setting.flag}` : setting.env
+    )
+    return { mikrotik: config.mikrotik, bridgeId: config.bridgeId }
+  })

@@ -30,6 +30,7 @@ import * as PubSub from "effect/PubSub"
 import * as Queue from "effect/Queue"
 import * as Random from "effect/Random"
 import type * as Scope from "effect/Scope"
+import { BridgeMetrics } from "./BridgeMetrics.js"
 import { ClientPolicy } from "./ClientPolicy.js"
 import * as KeyedLock from "./internal/KeyedLock.js"
 import * as PortSpec from "./PortSpec.js"
@@ -228,6 +229,7 @@ export const make = (
     const router = yield* Router
     const vpn = yield* VpnGateway
     const policy = yield* ClientPolicy
+    const metrics = yield* BridgeMetrics
     const bridgeId = options.bridgeId
     const portMode = options.portMode ?? "same"
     const reconcileInterval = Duration.decode(options.reconcileInterval ?? Duration.seconds(60))
@@ -651,7 +653,12 @@ export const make = (
           externalPort: answer.externalPort,
           lifetime: answer.lifetime
         } satisfies NatPmpMessage.MapResponse
-      }).pipe(Effect.annotateLogs({ client, protocol: request.protocol, internalPort: request.internalPort }))
+      }).pipe(Effect.annotateLogs({
+        key: keyOf(client, request.protocol, request.internalPort),
+        client,
+        protocol: request.protocol,
+        internalPort: request.internalPort
+      }))
 
     // -------------------------------------------------------------------------
     // expiry
@@ -744,8 +751,9 @@ export const make = (
       yield* vpn.refreshPublicAddress.pipe(
         Effect.catchAll((error) => Effect.logWarning(`cannot refresh the VPN public address: ${error.message}`))
       )
+      yield* metrics.reconciled({ removed: orphans.length, recreated, fixed })
       return { removed: orphans.length, recreated, fixed }
-    }).pipe(Effect.annotateLogs({ task: "reconcile" }))
+    }).pipe(Effect.tapError(() => metrics.reconcileFailed), Effect.annotateLogs({ task: "reconcile" }))
 
     // -------------------------------------------------------------------------
     // upstream state loss

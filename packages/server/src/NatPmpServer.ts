@@ -14,16 +14,20 @@
  * @since 0.1.0
  */
 import { NatPmpMessage, UdpSocket as Udp } from "@natpmp-bridge/core"
+import * as Clock from "effect/Clock"
 import * as Context from "effect/Context"
 import * as Data from "effect/Data"
 import * as Effect from "effect/Effect"
+import * as FiberRef from "effect/FiberRef"
 import * as FiberSet from "effect/FiberSet"
 import * as Layer from "effect/Layer"
+import * as LogLevel from "effect/LogLevel"
 import * as Option from "effect/Option"
 import * as Queue from "effect/Queue"
 import type * as Scope from "effect/Scope"
 import * as Os from "node:os"
 import * as Announcer from "./Announcer.js"
+import { BridgeMetrics } from "./BridgeMetrics.js"
 import { ClientPolicy, normalizeAddress } from "./ClientPolicy.js"
 import { MappingService } from "./MappingService.js"
 
@@ -81,6 +85,7 @@ export const make = (
   Effect.gen(function*() {
     const mapping = yield* MappingService
     const policy = yield* ClientPolicy
+    const metrics = yield* BridgeMetrics
     const stats = { received: 0, answered: 0, refused: 0, ignored: 0, overloaded: 0 }
     const incoming = yield* Queue.dropping<Udp.Datagram>(4096)
     const handlers = yield* FiberSet.make<void, never>()
@@ -98,17 +103,52 @@ export const make = (
     ).pipe(Effect.mapError((error) => new NatPmpServerError({ reason: error.message, cause: error })))
     const local = Udp.localAddress(socket)
 
-    const reply = (response: NatPmpMessage.Response, to: Udp.Datagram) =>
+    /** Metrics and the request's log line: at info for mappings, at debug for the rest. */
+    const observe = (response: NatPmpMessage.Response, client: string, started: bigint) =>
+      Effect.gen(function*() {
+        const seconds = Number((yield* Clock.currentTimeNanos) - started) / 1e9
+        yield* metrics.request({ response, seconds })
+        const durationMs = Math.round(seconds * 1e6) / 1000
+        if (response._tag === "MapResponse") {
+          const { externalPort, internalPort, lifetime, protocol, resultCode } = response
+          const outcome = resultCode !== NatPmpMessage.ResultCode.Success
+            ? `failed with result ${resultCode}`
+            : lifetime === 0
+            ? "deleted"
+            : `public port ${externalPort}, ${lifetime} s`
+          return yield* Effect.logInfo(
+            `${protocol} ${client}:${internalPort === 0 ? "*" : internalPort}: ${outcome} (${durationMs} ms)`
+          ).pipe(Effect.annotateLogs({
+            key: `${client}/${protocol}/${internalPort}`,
+            client,
+            protocol,
+            internalPort,
+            externalPort,
+            lifetime,
+            resultCode,
+            durationMs
+          }))
+        }
+        const level = yield* FiberRef.get(FiberRef.currentMinimumLogLevel)
+        if (LogLevel.greaterThan(level, LogLevel.Debug)) return
+        yield* Effect.logDebug(
+          `${response._tag === "PublicAddressResponse" ? "public address" : `opcode ${response.opcode}`}: ` +
+            `result ${response.resultCode} (${durationMs} ms)`
+        ).pipe(Effect.annotateLogs({ client, resultCode: response.resultCode, durationMs }))
+      })
+
+    const reply = (response: NatPmpMessage.Response, to: Udp.Datagram, client: string, started: bigint) =>
       Udp.send(socket, NatPmpMessage.encodeResponse(response), to).pipe(
         Effect.tap(() =>
           Effect.sync(() => {
             stats.answered++
           })
         ),
-        Effect.catchAll((error) => Effect.logDebug(`answer not sent: ${error.message}`))
+        Effect.catchAll((error) => Effect.logDebug(`answer not sent: ${error.message}`)),
+        Effect.zipRight(observe(response, client, started))
       )
 
-    const serve = (datagram: Udp.Datagram, client: string) =>
+    const serve = (datagram: Udp.Datagram, client: string, started: bigint) =>
       Effect.gen(function*() {
         const classified = NatPmpMessage.classifyDatagram(datagram.bytes)
         switch (classified._tag) {
@@ -119,23 +159,28 @@ export const make = (
           case "UnsupportedVersion":
           case "UnsupportedOpcode": {
             const response = NatPmpMessage.errorReplyFor(classified, yield* mapping.epoch)
-            if (response !== undefined) yield* reply(response, datagram)
+            if (response !== undefined) yield* reply(response, datagram, client, started)
             return
           }
           case "Request": {
             const request = classified.request
             if (request._tag === "PublicAddressRequest") {
               const address = yield* mapping.publicAddress
-              return yield* reply({
-                _tag: "PublicAddressResponse",
-                resultCode: Option.isSome(address)
-                  ? NatPmpMessage.ResultCode.Success
-                  : NatPmpMessage.ResultCode.NetworkFailure,
-                epoch: yield* mapping.epoch,
-                publicAddress: Option.getOrElse(address, () => "0.0.0.0")
-              }, datagram)
+              return yield* reply(
+                {
+                  _tag: "PublicAddressResponse",
+                  resultCode: Option.isSome(address)
+                    ? NatPmpMessage.ResultCode.Success
+                    : NatPmpMessage.ResultCode.NetworkFailure,
+                  epoch: yield* mapping.epoch,
+                  publicAddress: Option.getOrElse(address, () => "0.0.0.0")
+                },
+                datagram,
+                client,
+                started
+              )
             }
-            return yield* reply(yield* mapping.handle(client, request), datagram)
+            return yield* reply(yield* mapping.handle(client, request), datagram, client, started)
           }
         }
       }).pipe(
@@ -146,6 +191,7 @@ export const make = (
     yield* Effect.forkScoped(Effect.forever(
       Effect.gen(function*() {
         const datagram = yield* Queue.take(incoming)
+        const started = yield* Clock.currentTimeNanos
         stats.received++
         const client = normalizeAddress(datagram.address)
         if (!policy.isAllowed(client)) {
@@ -160,7 +206,7 @@ export const make = (
         yield* FiberSet.run(
           handlers,
           Effect.ensuring(
-            serve(datagram, client),
+            serve(datagram, client, started),
             Effect.sync(() => {
               active--
             })

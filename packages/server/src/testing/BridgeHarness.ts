@@ -24,6 +24,7 @@ import * as Bridge from "../Bridge.js"
 import type { BridgeConfig, BridgeOptions } from "../BridgeConfig.js"
 import * as BridgeConfigModule from "../BridgeConfig.js"
 import { MappingService } from "../MappingService.js"
+import { MetricsServer } from "../MetricsServer.js"
 import { NatPmpServer } from "../NatPmpServer.js"
 import { Router } from "../Router.js"
 import type * as RouterModule from "../Router.js"
@@ -70,6 +71,8 @@ export interface RunningBridge {
   readonly mapping: MappingService["Type"]
   readonly router: RouterModule.Service
   readonly vpn: VpnGatewayModule.Service
+  /** `/metrics` and `/healthz` (an HTTP server when the `metrics` setting is given, e.g. `127.0.0.1` port 0). */
+  readonly metrics: MetricsServer["Type"]
   /** Shuts the bridge down (graceful: removes its rules and VPN mappings) and waits for it. */
   readonly stop: Effect.Effect<void>
 }
@@ -190,6 +193,7 @@ export const makeEnvironment = (
           mapping: Context.get(context, MappingService),
           router: Context.get(context, Router),
           vpn: Context.get(context, VpnGateway),
+          metrics: Context.get(context, MetricsServer),
           stop: Scope.close(bridgeScope, Exit.void)
         } satisfies RunningBridge
       })
