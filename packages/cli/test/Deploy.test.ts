@@ -1,0 +1,325 @@
+/**
+ * The deployment files at the repository root agree with the code: the Dockerfile copies and runs only paths that
+ * exist after the build (no Docker engine needed), and the image's bins run from those files alone; the systemd
+ * unit starts the real bin and the example environment file names only real settings with valid values.
+ */
+import { describe, expect, it } from "@effect/vitest"
+import { BridgeConfig } from "@natpmp-bridge/server"
+import * as Either from "effect/Either"
+import { execFileSync } from "node:child_process"
+import * as fs from "node:fs"
+import * as os from "node:os"
+import * as path from "node:path"
+
+const root = path.join(__dirname, "..", "..", "..")
+const read = (file: string) => fs.readFileSync(path.join(root, file), "utf8")
+
+// -----------------------------------------------------------------------------
+// Dockerfile
+// -----------------------------------------------------------------------------
+
+interface Instruction {
+  readonly keyword: string
+  readonly args: string
+}
+
+interface Stage {
+  readonly name: string | undefined
+  readonly from: string
+  readonly instructions: Array<Instruction>
+}
+
+/** Instructions grouped by stage; comments dropped, `\` continuations joined. */
+const parseDockerfile = (text: string): Array<Stage> => {
+  const logical: Array<string> = []
+  let current = ""
+  for (const raw of text.split("\n")) {
+    const line = raw.trim()
+    if (current === "" && (line === "" || line.startsWith("#"))) continue
+    if (line.startsWith("#")) continue
+    if (line.endsWith("\\")) {
+      current += line.slice(0, -1) + " "
+      continue
+    }
+    logical.push(current + line)
+    current = ""
+  }
+  const stages: Array<Stage> = []
+  for (const line of logical) {
+    const [, keyword, args] = /^(\S+)\s*(.*)$/.exec(line)!
+    const instruction = { keyword: keyword.toUpperCase(), args: args.trim() }
+    if (instruction.keyword === "FROM") {
+      const words = instruction.args.split(/\s+/).filter((word) => !word.startsWith("--"))
+      stages.push({ from: words[0], name: words[2], instructions: [] })
+    } else if (stages.length > 0) {
+      stages.at(-1)!.instructions.push(instruction)
+    }
+  }
+  return stages
+}
+
+/** `COPY [--from=x] src... dest`: flags, sources, destination. */
+const parseCopy = (args: string) => {
+  const words = args.split(/\s+/)
+  const flags = words.filter((word) => word.startsWith("--"))
+  const paths = words.filter((word) => !word.startsWith("--"))
+  const from = flags.find((flag) => flag.startsWith("--from="))?.slice("--from=".length)
+  return { from, sources: paths.slice(0, -1), dest: paths.at(-1)! }
+}
+
+/** Docker's .dockerignore rules (Go filepath.Match with `**`; a later `!pattern` re-includes). */
+const dockerIgnored = (patterns: ReadonlyArray<string>) => (file: string): boolean => {
+  const toRegExp = (pattern: string) =>
+    new RegExp(
+      "^" + pattern.replace(/^\/+/, "").replace(/\/+$/, "").split("/").map((part) =>
+        part === "**"
+          ? ".*"
+          : part.replace(/[.+^${}()|[\]\\]/g, "\\$&").replace(/\*/g, "[^/]*").replace(/\?/g, "[^/]")
+      ).join("/").replace(/\.\*\//g, "(?:.*/)?") + "$"
+    )
+  const prefixes = file.split("/").map((_, i, parts) => parts.slice(0, i + 1).join("/"))
+  let ignored = false
+  for (const pattern of patterns) {
+    const negated = pattern.startsWith("!")
+    const regExp = toRegExp(negated ? pattern.slice(1) : pattern)
+    if (prefixes.some((prefix) => regExp.test(prefix))) ignored = !negated
+  }
+  return ignored
+}
+
+const dockerfile = parseDockerfile(read("Dockerfile"))
+const ignorePatterns = read(".dockerignore").split("\n").map((line) => line.trim())
+  .filter((line) => line !== "" && !line.startsWith("#"))
+const isIgnored = dockerIgnored(ignorePatterns)
+
+const buildStage = dockerfile.find((stage) => stage.name === "build")!
+const runtimeStage = dockerfile.at(-1)!
+const workdir = (stage: Stage) => stage.instructions.find((i) => i.keyword === "WORKDIR")?.args ?? "/"
+
+/** Where a (possibly relative) destination lands in the image. */
+const resolveDest = (stage: Stage, dest: string) => path.posix.resolve(workdir(stage), dest)
+
+/** The runtime image's files copied from the build stage: image path -> repository path. */
+const runtimeFiles = (): Map<string, string> => {
+  const files = new Map<string, string>()
+  for (const instruction of runtimeStage.instructions) {
+    if (instruction.keyword !== "COPY") continue
+    const copy = parseCopy(instruction.args)
+    const dest = resolveDest(runtimeStage, copy.dest)
+    for (const source of copy.sources) {
+      const inRepo = path.posix.relative(workdir(buildStage), source)
+      const target = copy.dest.endsWith("/") ? path.posix.join(dest, path.posix.basename(source)) : dest
+      files.set(target, inRepo)
+    }
+  }
+  return files
+}
+
+describe("Dockerfile", () => {
+  it("builds in a Node 20 stage named build and ships a Node 20 runtime stage", () => {
+    expect(dockerfile.length).toBe(2)
+    expect(buildStage).toBeDefined()
+    const nodeImage = /^ARG NODE_IMAGE=(node:20-(alpine|slim)\S*)$/m.exec(read("Dockerfile"))
+    expect(nodeImage).not.toBeNull()
+    for (const stage of dockerfile) expect(stage.from).toBe("${NODE_IMAGE}")
+  })
+
+  it("copies into the build stage only files that exist and that .dockerignore lets through", () => {
+    const copied: Array<string> = []
+    for (const instruction of buildStage.instructions) {
+      if (instruction.keyword !== "COPY") continue
+      const copy = parseCopy(instruction.args)
+      expect(copy.from).toBeUndefined()
+      for (const source of copy.sources) {
+        expect(fs.existsSync(path.join(root, source)), source).toBe(true)
+        expect(isIgnored(source), `${source} is excluded by .dockerignore`).toBe(false)
+        copied.push(source)
+      }
+    }
+    // what `npm ci` and the bundle need
+    for (const needed of ["package.json", "package-lock.json", "packages/cli/build.mjs", "packages/core/src"]) {
+      expect(copied).toContain(needed)
+    }
+    for (const pkg of ["core", "server", "cli"]) expect(copied).toContain(`packages/${pkg}/package.json`)
+    // and the context leaves out local builds and dependencies
+    for (const left of ["node_modules", "packages/cli/dist/bin/natpmp.js", "packages/core/test/x.test.ts", ".git"]) {
+      expect(isIgnored(left), left).toBe(true)
+    }
+  })
+
+  it("runs build.mjs from a copied path in the build stage", () => {
+    const runs = buildStage.instructions.filter((i) => i.keyword === "RUN").map((i) => i.args)
+    expect(runs.some((run) => run.startsWith("npm ci"))).toBe(true)
+    const build = runs.find((run) => run.includes("build.mjs"))
+    expect(build).toBe("node packages/cli/build.mjs")
+  })
+
+  it("copies from the build stage only files of the built tree, and the runtime runs only those", () => {
+    const files = runtimeFiles()
+    expect(files.size).toBeGreaterThan(0)
+    for (const [target, inRepo] of files) {
+      expect(fs.existsSync(path.join(root, inRepo)), `${target} <- ${inRepo}`).toBe(true)
+    }
+    // every /app path the runtime stage runs or links is one of the copied files
+    const runtimeText = runtimeStage.instructions
+      .filter((i) => ["RUN", "ENTRYPOINT", "CMD"].includes(i.keyword))
+      .map((i) => i.args)
+      .join("\n")
+    const used = [...runtimeText.matchAll(/\/app\/[\w./-]+/g)].map((match) => match[0])
+    expect(used.length).toBeGreaterThan(0)
+    for (const file of used) expect([...files.keys()], file).toContain(file)
+    // the bins' loaders need the package.json that makes them ES modules
+    expect(files.get("/app/package.json")).toBe("packages/cli/package.json")
+    const pkg = JSON.parse(read("packages/cli/package.json")) as { type: string; bin: Record<string, string> }
+    expect(pkg.type).toBe("module")
+    for (const bin of Object.values(pkg.bin)) {
+      expect([...files.keys()]).toContain(path.posix.join("/app", bin))
+      expect([...files.keys()]).toContain(path.posix.join("/app", bin.replace(/\.js$/, ".cjs")))
+    }
+  })
+
+  it("runs natpmp-bridge serve as a non-root user and exposes UDP 5351", () => {
+    const last = (keyword: string) => runtimeStage.instructions.filter((i) => i.keyword === keyword).at(-1)?.args
+    expect(JSON.parse(last("ENTRYPOINT")!)).toStrictEqual(["node", "/app/dist/bin/natpmp-bridge.js"])
+    expect(JSON.parse(last("CMD")!)).toStrictEqual(["serve"])
+    expect(last("USER")).toBeDefined()
+    expect(["root", "0"]).not.toContain(last("USER"))
+    expect(last("EXPOSE")).toBe("5351/udp")
+  })
+
+  it("the runtime files alone run both bins (the bundles need no node_modules)", () => {
+    const image = fs.mkdtempSync(path.join(os.tmpdir(), "natpmp-bridge-image-"))
+    try {
+      for (const [target, inRepo] of runtimeFiles()) {
+        const file = path.join(image, target)
+        fs.mkdirSync(path.dirname(file), { recursive: true })
+        fs.copyFileSync(path.join(root, inRepo), file)
+      }
+      const env = { ...process.env, NATPMP_CLI_WRITE_CODE_CACHE: "1", NODE_PATH: "" }
+      const bridge = execFileSync(process.execPath, [path.join(image, "app/dist/bin/natpmp-bridge.js"), "--help"], {
+        env,
+        encoding: "utf8",
+        timeout: 20_000
+      })
+      expect(bridge).toMatch(/serve/)
+      const natpmp = execFileSync(process.execPath, [path.join(image, "app/dist/bin/natpmp.js"), "--help"], {
+        env,
+        encoding: "utf8",
+        timeout: 20_000
+      })
+      expect(natpmp).toMatch(/map/)
+      // the RUN step's code caches
+      expect(fs.existsSync(path.join(image, "app/dist/bin/natpmp-bridge.cjs.cache"))).toBe(true)
+      expect(fs.existsSync(path.join(image, "node_modules"))).toBe(false)
+    } finally {
+      fs.rmSync(image, { recursive: true, force: true })
+    }
+  }, 60_000)
+})
+
+// -----------------------------------------------------------------------------
+// systemd unit and environment file
+// -----------------------------------------------------------------------------
+
+/** `[Section]` -> key -> values (a key may repeat). */
+const parseUnit = (text: string): Map<string, Map<string, Array<string>>> => {
+  const sections = new Map<string, Map<string, Array<string>>>()
+  let section = new Map<string, Array<string>>()
+  for (const raw of text.split("\n")) {
+    const line = raw.trim()
+    if (line === "" || line.startsWith("#") || line.startsWith(";")) continue
+    const header = /^\[(.+)\]$/.exec(line)
+    if (header !== null) {
+      section = new Map()
+      sections.set(header[1], section)
+      continue
+    }
+    const at = line.indexOf("=")
+    const key = line.slice(0, at).trim()
+    section.set(key, [...(section.get(key) ?? []), line.slice(at + 1).trim()])
+  }
+  return sections
+}
+
+/** `VAR=value` lines of an environment file; `#VAR=value` lines are documented defaults. */
+const parseEnvFile = (text: string) =>
+  text.split("\n").flatMap((line) => {
+    const match = /^(#)?([A-Z][A-Z0-9_]*)=(.*)$/.exec(line.trim())
+    return match === null ? [] : [{ commented: match[1] !== undefined, name: match[2], value: match[3] }]
+  })
+
+const settingByEnv = new Map<string, BridgeConfig.Setting>(
+  Object.values(BridgeConfig.settings).map((setting): [string, BridgeConfig.Setting] => [setting.env, setting])
+)
+
+describe("systemd unit", () => {
+  const unit = parseUnit(read("deploy/natpmp-bridge.service"))
+  const service = unit.get("Service")!
+  const one = (key: string) => {
+    expect(service.get(key), key).toHaveLength(1)
+    return service.get(key)![0]
+  }
+
+  it("starts the natpmp-bridge bin's serve command with the environment file", () => {
+    const [bin, command, ...flags] = one("ExecStart").split(/\s+/)
+    const pkg = JSON.parse(read("packages/cli/package.json")) as { bin: Record<string, string> }
+    expect(path.isAbsolute(bin)).toBe(true)
+    expect(Object.keys(pkg.bin)).toContain(path.basename(bin))
+    expect(path.basename(bin)).toBe("natpmp-bridge")
+    expect(command).toBe("serve")
+    // flags, if any, are settings' flags (the environment file is the place for settings)
+    const knownFlags = Object.values(BridgeConfig.settings).map((setting) => `--${setting.flag}`)
+    for (const flag of flags.filter((word) => word.startsWith("--"))) expect(knownFlags).toContain(flag.split("=")[0])
+    expect(one("EnvironmentFile")).toBe("/etc/natpmp-bridge.env")
+    expect(unit.get("Install")?.get("WantedBy")).toStrictEqual(["multi-user.target"])
+  })
+
+  it("restarts on failure and runs unprivileged and confined", () => {
+    expect(one("Restart")).toBe("on-failure")
+    expect(one("DynamicUser")).toBe("yes")
+    expect(one("CapabilityBoundingSet")).toBe("")
+    for (const key of ["NoNewPrivileges", "ProtectHome", "PrivateTmp", "RestrictNamespaces", "RestrictSUIDSGID"]) {
+      expect(one(key), key).toBe("yes")
+    }
+    expect(one("ProtectSystem")).toBe("strict")
+    expect(one("RestrictAddressFamilies").split(/\s+/).sort()).toStrictEqual(["AF_INET", "AF_INET6", "AF_UNIX"])
+    // V8's JIT needs writable and executable memory
+    expect(service.has("MemoryDenyWriteExecute")).toBe(false)
+    // the graceful shutdown (SHUTDOWN_TIMEOUT) fits in the stop timeout
+    const stop = Number(/^(\d+)s$/.exec(one("TimeoutStopSec"))?.[1])
+    expect(stop).toBeGreaterThan(Number(BridgeConfig.settings.shutdownTimeout.default!.replace("s", "")))
+    expect(one("KillSignal")).toBe("SIGTERM")
+  })
+})
+
+describe("example environment file", () => {
+  const entries = parseEnvFile(read("deploy/natpmp-bridge.env.example"))
+
+  it("names only settings of the code, each once", () => {
+    expect(entries.length).toBeGreaterThan(0)
+    for (const entry of entries) expect([...settingByEnv.keys()], entry.name).toContain(entry.name)
+    expect(new Set(entries.map((entry) => entry.name)).size).toBe(entries.length)
+  })
+
+  it("sets every required setting, and the values it sets make a valid configuration", () => {
+    const set = entries.filter((entry) => !entry.commented)
+    for (const setting of Object.values(BridgeConfig.settings).filter((setting) => setting.required)) {
+      expect(set.map((entry) => entry.name), setting.env).toContain(setting.env)
+    }
+    const raw: Record<string, string> = {}
+    for (const [name, setting] of Object.entries(BridgeConfig.settings)) {
+      const entry = set.find((entry) => entry.name === setting.env)
+      if (entry !== undefined) raw[name] = entry.value
+    }
+    const config = BridgeConfig.fromStrings(raw)
+    expect(Either.isRight(config), Either.isLeft(config) ? config.left.message : "").toBe(true)
+  })
+
+  it("shows the real default of every commented setting that has one, and only valid values", () => {
+    for (const entry of entries.filter((entry) => entry.commented && entry.value !== "")) {
+      const setting = settingByEnv.get(entry.name)!
+      if (setting.default !== undefined) expect(entry.value, entry.name).toBe(setting.default)
+      expect(Either.isRight(setting.parse(entry.value)), `${entry.name}=${entry.value}`).toBe(true)
+    }
+  })
+})
