@@ -1,0 +1,129 @@
+/**
+ * Child processes of the benches: scripts run with vite-node or plain node, with an IPC channel, and the messages
+ * they send.
+ */
+import * as ChildProcess from "node:child_process"
+import * as Fs from "node:fs"
+import * as Path from "node:path"
+
+export const root = Path.resolve(__dirname, "../..")
+export const viteNode = Path.join(root, "node_modules/vite-node/vite-node.mjs")
+
+/** A child with an IPC channel; `next(type)` waits for its next message of that type. */
+export class Child<M extends { readonly type: string }> {
+  private readonly waiting = new Map<string, Array<(message: M) => void>>()
+  readonly exited: Promise<number | null>
+
+  constructor(readonly process: ChildProcess.ChildProcess, readonly name: string) {
+    process.on("message", (message: M) => {
+      const waiters = this.waiting.get(message.type)
+      const waiter = waiters?.shift()
+      if (waiter !== undefined) waiter(message)
+    })
+    this.exited = new Promise((resolve) => process.on("exit", (code) => resolve(code)))
+  }
+
+  get pid(): number {
+    return this.process.pid ?? -1
+  }
+
+  next<T extends M["type"]>(type: T, timeoutMs = 60_000): Promise<Extract<M, { readonly type: T }>> {
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error(`${this.name}: no "${type}" within ${timeoutMs} ms`)), timeoutMs)
+      const onExit = (code: number | null) => {
+        clearTimeout(timer)
+        reject(new Error(`${this.name} exited (code ${code}) while waiting for "${type}"`))
+      }
+      this.process.once("exit", onExit)
+      const list = this.waiting.get(type) ?? []
+      list.push((message) => {
+        clearTimeout(timer)
+        this.process.off("exit", onExit)
+        resolve(message as Extract<M, { readonly type: T }>)
+      })
+      this.waiting.set(type, list)
+    })
+  }
+
+  /** Sends `{ cmd }` and waits for the answer of type `type`. */
+  ask<T extends M["type"]>(cmd: string, type: T, timeoutMs = 60_000): Promise<Extract<M, { readonly type: T }>> {
+    const answer = this.next(type, timeoutMs)
+    this.process.send({ cmd })
+    return answer
+  }
+
+  kill(): void {
+    if (this.process.exitCode === null && this.process.signalCode === null) this.process.kill("SIGKILL")
+  }
+}
+
+const pipeOutput = (child: ChildProcess.ChildProcess, name: string) => {
+  // the bench's stdout ends with its result line: children write to stderr only
+  const forward = (chunk: Buffer) => process.stderr.write(chunk.toString().replace(/^(?=.)/gm, `[${name}] `))
+  child.stdout?.on("data", forward)
+  child.stderr?.on("data", forward)
+}
+
+/** Runs a TypeScript script of bench/ with vite-node, with IPC. */
+export const forkTs = <M extends { readonly type: string }>(
+  script: string,
+  name: string,
+  env: Record<string, string> = {}
+): Child<M> => {
+  const child = ChildProcess.fork(viteNode, [script], {
+    cwd: root,
+    env: { ...process.env, ...env },
+    stdio: ["ignore", "pipe", "pipe", "ipc"]
+  })
+  pipeOutput(child, name)
+  return new Child<M>(child, name)
+}
+
+/**
+ * Compiles a TypeScript script of bench/ to bench/.out/<name>.mjs (esbuild, no bundling: package imports resolve to
+ * the built dist) and runs it with plain node, with IPC: the process holds only what the script loads.
+ */
+export const forkCompiled = async <M extends { readonly type: string }>(
+  script: string,
+  name: string,
+  env: Record<string, string> = {},
+  execArgv: ReadonlyArray<string> = []
+): Promise<Child<M>> => {
+  const esbuild = await import("esbuild")
+  const outDir = Path.join(root, "bench", ".out")
+  Fs.mkdirSync(outDir, { recursive: true })
+  const outfile = Path.join(outDir, `${Path.basename(script, ".ts")}.mjs`)
+  await esbuild.build({
+    entryPoints: [Path.resolve(root, script)],
+    outfile,
+    format: "esm",
+    platform: "node",
+    target: "node20",
+    bundle: false,
+    logLevel: "warning"
+  })
+  const child = ChildProcess.fork(outfile, [], {
+    cwd: root,
+    env: { ...process.env, ...env },
+    execArgv: [...execArgv],
+    stdio: ["ignore", "pipe", "pipe", "ipc"]
+  })
+  pipeOutput(child, name)
+  return new Child<M>(child, name)
+}
+
+export const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms))
+
+/** The q-quantile (0..1) of numbers, nearest rank. */
+export const quantile = (values: ReadonlyArray<number>, q: number): number => {
+  if (values.length === 0) return Number.NaN
+  const sorted = [...values].sort((a, b) => a - b)
+  return sorted[Math.min(sorted.length - 1, Math.max(0, Math.ceil(q * sorted.length) - 1))]
+}
+
+export const median = (values: ReadonlyArray<number>): number => {
+  if (values.length === 0) return Number.NaN
+  const sorted = [...values].sort((a, b) => a - b)
+  const middle = Math.floor(sorted.length / 2)
+  return sorted.length % 2 === 1 ? sorted[middle] : (sorted[middle - 1] + sorted[middle]) / 2
+}

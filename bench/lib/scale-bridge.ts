@@ -1,0 +1,112 @@
+/**
+ * The bridge of the scale bench in its own process (so its RSS and CPU time are the bridge's alone): the same
+ * `Bridge.layer` that `natpmp-bridge serve` runs, built from the built packages and run by plain node (compiled by
+ * the bench with esbuild, no bundling: `@natpmp-bridge/server` resolves to its dist).
+ *
+ * Options come as JSON in SCALE_BRIDGE (programmatic `BridgeOptions`). Started with an IPC channel: sends
+ * `{ type: "ready", port }`, answers `{ cmd: "stats" }` and `{ cmd: "reconcile" }` (runs one reconciliation and
+ * reports the process CPU time it took), and shuts the bridge down on `{ cmd: "stop" }`.
+ */
+import { Bridge, BridgeConfig, MappingService, NatPmpServer } from "@natpmp-bridge/server"
+import * as Context from "effect/Context"
+import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
+import * as Layer from "effect/Layer"
+import * as LogLevel from "effect/LogLevel"
+import * as Scope from "effect/Scope"
+
+export interface Ready {
+  readonly type: "ready"
+  readonly port: number
+}
+
+export interface Stats {
+  readonly type: "stats"
+  readonly rss: number
+  readonly heapUsed: number
+  /** process.cpuUsage() user + system, microseconds. */
+  readonly cpu: number
+  readonly leases: number
+  readonly answered: number
+  readonly overloaded: number
+}
+
+export interface Reconciled {
+  readonly type: "reconciled"
+  /** CPU time of the process during the pass, microseconds. */
+  readonly cpu: number
+  readonly wallMs: number
+  readonly removed: number
+  readonly recreated: number
+  readonly fixed: number
+  readonly error?: string
+}
+
+type Message = Ready | Stats | Reconciled | { readonly type: "stopped"; readonly wallMs: number }
+
+const send = (message: Message) => process.send?.(message)
+const cpuNow = () => {
+  const usage = process.cpuUsage()
+  return usage.user + usage.system
+}
+
+const main = async () => {
+  const options = JSON.parse(process.env.SCALE_BRIDGE ?? "{}") as BridgeConfig.BridgeOptions
+  const config = BridgeConfig.make({ ...options, logLevel: LogLevel.Warning })
+  if (config._tag === "Left") {
+    console.error(config.left.message)
+    process.exit(1)
+  }
+  const scope = Effect.runSync(Scope.make())
+  const context = await Effect.runPromise(Layer.buildWithScope(Bridge.layer(config.right), scope))
+  const server = Context.get(context, NatPmpServer.NatPmpServer)
+  const mapping = Context.get(context, MappingService.MappingService)
+
+  process.on("message", (message: { readonly cmd?: string }) => {
+    switch (message.cmd) {
+      case "stats": {
+        Effect.runPromise(Effect.all({ leases: mapping.leases, stats: server.stats })).then(({ leases, stats }) => {
+          const memory = process.memoryUsage()
+          send({
+            type: "stats",
+            rss: memory.rss,
+            heapUsed: memory.heapUsed,
+            cpu: cpuNow(),
+            leases: leases.length,
+            answered: stats.answered,
+            overloaded: stats.overloaded
+          })
+        })
+        return
+      }
+      case "reconcile": {
+        const cpu = cpuNow()
+        const started = performance.now()
+        Effect.runPromise(Effect.either(mapping.reconcile)).then((result) => {
+          const base = { type: "reconciled" as const, cpu: cpuNow() - cpu, wallMs: performance.now() - started }
+          send(
+            result._tag === "Right"
+              ? { ...base, ...result.right }
+              : { ...base, removed: 0, recreated: 0, fixed: 0, error: result.left.message }
+          )
+        })
+        return
+      }
+      case "stop": {
+        const started = performance.now()
+        Effect.runPromise(Scope.close(scope, Exit.void)).then(() => {
+          send({ type: "stopped", wallMs: performance.now() - started })
+          process.exit(0)
+        })
+        return
+      }
+    }
+  })
+  process.on("disconnect", () => process.exit(0))
+  send({ type: "ready", port: server.port })
+}
+
+main().catch((error) => {
+  console.error(error)
+  process.exit(1)
+})
