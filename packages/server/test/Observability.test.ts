@@ -156,7 +156,10 @@ describe("observability", () => {
         for (const record of records) {
           expect(record).toMatchObject({ timestamp: expect.any(String), level: expect.any(String) })
         }
-        const request = records.find((record) => record.annotations?.key === "127.0.0.21/udp/4000")
+        // every line about the request carries its key; the answer's line also the ports, result and duration
+        const about = records.filter((record) => record.annotations?.key === "127.0.0.21/udp/4000")
+        expect(about.some((record) => record.message.startsWith("mapped udp 127.0.0.21:4000"))).toBe(true)
+        const request = about.find((record) => record.annotations.durationMs !== undefined)
         expect(request).toMatchObject({
           level: "INFO",
           message: expect.stringMatching(/^udp 127\.0\.0\.21:4000: public port \d+, 60 s \(\d+(\.\d+)? ms\)$/),
