@@ -79,6 +79,18 @@ describe("observability", () => {
     20_000
   )
 
+  it.live("a metrics address in use fails the bridge's start with one line naming it", () =>
+    Effect.gen(function*() {
+      const h = yield* withMetrics("obs-busy")
+      const taken = Option.getOrThrow(h.bridge.metrics.listening)
+      const error = yield* Effect.flip(h.start({ bridgeId: "obs-busy2", metrics: taken }))
+      expect(error._tag).toBe("MetricsServerError")
+      expect(error.message).toBe(
+        `metrics server: cannot listen on 127.0.0.1:${taken.port}: listen EADDRINUSE: address already in use ` +
+          `127.0.0.1:${taken.port}`
+      )
+    }).pipe(Effect.scoped), 20_000)
+
   it.live("bridges in one process keep their own metrics", () =>
     Effect.gen(function*() {
       const [busy, idle] = yield* Effect.all([withMetrics("same-id"), withMetrics("same-id")], {
