@@ -27,6 +27,9 @@ import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import * as Metric from "effect/Metric"
 import * as MetricBoundaries from "effect/MetricBoundaries"
+import * as MetricKey from "effect/MetricKey"
+import type * as MetricKeyType from "effect/MetricKeyType"
+import * as MetricLabel from "effect/MetricLabel"
 import type * as MetricPair from "effect/MetricPair"
 import * as MetricState from "effect/MetricState"
 import * as Option from "effect/Option"
@@ -43,42 +46,46 @@ const InstanceTag = "bridge_instance"
 /** 0.25 ms to about 4 s. */
 const latencyBoundaries = MetricBoundaries.exponential({ start: 0.00025, factor: 2, count: 15 })
 
-const requestsTotal = Metric.counter("natpmp_requests_total", {
+// Metric keys, not metrics: an instance builds each series once with all its labels in the key, so an update finds
+// its hook without hashing a key (`Metric.tagged` would, at every update).
+const requestsTotal = MetricKey.counter("natpmp_requests_total", {
   description: "NAT-PMP requests answered, by opcode and result",
   incremental: true
 })
-const requestDuration = Metric.histogram(
+const requestDuration = MetricKey.histogram(
   "natpmp_request_duration_seconds",
   latencyBoundaries,
   "time from a request's arrival to its answer"
 )
-const activeLeases = Metric.gauge("natpmp_active_leases", { description: "mappings the bridge holds now" })
-const upstreamLatency = Metric.histogram(
+const activeLeases = MetricKey.gauge("natpmp_active_leases", { description: "mappings the bridge holds now" })
+const upstreamLatency = MetricKey.histogram(
   "natpmp_upstream_latency_seconds",
   latencyBoundaries,
   "duration of VPN gateway requests (upstream=vpn) and router API round trips (upstream=router)"
 )
-const routerErrors = Metric.counter("natpmp_router_api_errors_total", {
+const routerErrors = MetricKey.counter("natpmp_router_api_errors_total", {
   description: "failed router API operations, by kind of failure",
   incremental: true
 })
-const vpnErrors = Metric.counter("natpmp_vpn_errors_total", {
+const vpnErrors = MetricKey.counter("natpmp_vpn_errors_total", {
   description: "failed VPN gateway requests, by kind of failure",
   incremental: true
 })
-const reconcileRuns = Metric.counter("natpmp_reconcile_runs_total", {
+const reconcileRuns = MetricKey.counter("natpmp_reconcile_runs_total", {
   description: "reconciliation passes",
   incremental: true
 })
-const reconcileErrors = Metric.counter("natpmp_reconcile_errors_total", {
+const reconcileErrors = MetricKey.counter("natpmp_reconcile_errors_total", {
   description: "reconciliation passes that failed (router unreachable)",
   incremental: true
 })
-const reconcileFixes = Metric.counter("natpmp_reconcile_fixes_total", {
+const reconcileFixes = MetricKey.counter("natpmp_reconcile_fixes_total", {
   description: "rules reconciliation fixed: removed (own rule without mapping), recreated, fixed (drifted)",
   incremental: true
 })
-const bridgeInfo = Metric.gauge("natpmp_bridge_info", { description: "the bridge's id (value always 1)" })
+const bridgeInfo = MetricKey.gauge("natpmp_bridge_info", { description: "the bridge's id (value always 1)" })
+
+const noLabels: ReadonlyArray<MetricLabel.MetricLabel> = []
 
 // -----------------------------------------------------------------------------
 // labels
@@ -224,8 +231,15 @@ let instances = 0
 export const make = (options: { readonly bridgeId: string }): Effect.Effect<Service> =>
   Effect.gen(function*() {
     const instance = String(++instances)
-    const tag = <M extends Metric.Metric<any, any, any>>(metric: M): M =>
-      Metric.tagged(metric, InstanceTag, instance) as M
+    /** The series of `key` with this instance's tag and `labels` (name, value, name, value...). */
+    const series = <Type extends MetricKeyType.MetricKeyType<any, any>>(
+      key: MetricKey.MetricKey<Type>,
+      ...labels: ReadonlyArray<string>
+    ) => {
+      const tags = [MetricLabel.make(InstanceTag, instance)]
+      for (let i = 0; i + 1 < labels.length; i += 2) tags.push(MetricLabel.make(labels[i], labels[i + 1]))
+      return Metric.fromMetricKey(MetricKey.taggedWithLabels(key, tags))
+    }
     /** Tagged metrics are built once per label set. */
     const cached = <M>(build: (...labels: ReadonlyArray<string>) => M) => {
       const cache = new Map<string, M>()
@@ -239,22 +253,20 @@ export const make = (options: { readonly bridgeId: string }): Effect.Effect<Serv
         return metric
       }
     }
-    const requests = cached((opcode, result) =>
-      tag(requestsTotal).pipe(Metric.tagged("opcode", opcode), Metric.tagged("result", result))
-    )
-    const durations = cached((opcode) => tag(requestDuration).pipe(Metric.tagged("opcode", opcode)))
+    const requests = cached((opcode, result) => series(requestsTotal, "opcode", opcode, "result", result))
+    const durations = cached((opcode) => series(requestDuration, "opcode", opcode))
     const latencies = cached((upstream, operation) =>
-      tag(upstreamLatency).pipe(Metric.tagged("upstream", upstream), Metric.tagged("operation", operation))
+      series(upstreamLatency, "upstream", upstream, "operation", operation)
     )
-    const routerErrorCounter = cached((kind) => tag(routerErrors).pipe(Metric.tagged("kind", kind)))
-    const vpnErrorCounter = cached((kind) => tag(vpnErrors).pipe(Metric.tagged("kind", kind)))
-    const fixes = cached((kind) => tag(reconcileFixes).pipe(Metric.tagged("kind", kind)))
-    const leases = tag(activeLeases)
-    const runs = tag(reconcileRuns)
-    const runErrors = tag(reconcileErrors)
+    const routerErrorCounter = cached((kind) => series(routerErrors, "kind", kind))
+    const vpnErrorCounter = cached((kind) => series(vpnErrors, "kind", kind))
+    const fixes = cached((kind) => series(reconcileFixes, "kind", kind))
+    const leases = series(activeLeases)
+    const runs = series(reconcileRuns)
+    const runErrors = series(reconcileErrors)
 
     // series present from the start (a scrape shows zeros instead of nothing)
-    yield* Metric.set(tag(bridgeInfo).pipe(Metric.tagged("bridge_id", options.bridgeId)), 1)
+    yield* Metric.set(series(bridgeInfo, "bridge_id", options.bridgeId), 1)
     yield* Metric.set(leases, 0)
     yield* Metric.incrementBy(runs, 0)
     yield* Metric.incrementBy(runErrors, 0)
@@ -269,13 +281,12 @@ export const make = (options: { readonly bridgeId: string }): Effect.Effect<Serv
 
     return {
       bridgeId: options.bridgeId,
-      request: ({ response, seconds }) => {
-        const opcode = opcodeLabel(response)
-        return Effect.zipRight(
-          Metric.increment(requests(opcode, resultLabel(response.resultCode))),
-          Metric.update(durations(opcode), seconds)
-        )
-      },
+      request: ({ response, seconds }) =>
+        Effect.sync(() => {
+          const opcode = opcodeLabel(response)
+          requests(opcode, resultLabel(response.resultCode)).unsafeUpdate(1, noLabels)
+          durations(opcode).unsafeUpdate(seconds, noLabels)
+        }),
       upstream: (upstream, operation, seconds, failure) =>
         Effect.gen(function*() {
           yield* Metric.update(latencies(upstream, operation), seconds)

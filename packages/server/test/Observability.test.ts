@@ -1,4 +1,5 @@
 import { describe, expect, it } from "@effect/vitest"
+import { NatPmpMessage } from "@natpmp-bridge/core"
 import { BridgeConfig, BridgeLogger, MetricsServer } from "@natpmp-bridge/server"
 import type { BridgeHarness } from "@natpmp-bridge/server/testing"
 import * as Effect from "effect/Effect"
@@ -45,6 +46,9 @@ describe("observability", () => {
         // the router fails the conflict check's print: result 3 and a router error of kind "fatal"
         yield* h.router.fatalOnNextCommand("boom")
         expect((yield* client.map({ protocol: "tcp", internalPort: 9090 })).resultCode).toBe(3)
+        // the VPN refuses for lack of ports: result 4 and a VPN error of kind "out_of_resources"
+        yield* h.vpn.setResultCode(NatPmpMessage.ResultCode.OutOfResources)
+        expect((yield* client.map({ protocol: "udp", internalPort: 9191 })).resultCode).toBe(4)
 
         const { body, contentType, status } = yield* get(h, "/metrics")
         expect(status).toBe(200)
@@ -62,16 +66,30 @@ describe("observability", () => {
         expect(sample(body, "natpmp_reconcile_runs_total")).toBe(1)
         expect(sample(body, `natpmp_reconcile_fixes_total{kind="recreated"}`)).toBe(1)
         expect(sample(body, `natpmp_reconcile_fixes_total{kind="removed"}`)).toBe(0)
-        // VPN: 2 new mappings + 1 renewal + 1 failed attempt's mapping (rolled back: 1 unmap) + 1 delete's unmap
-        expect(sample(body, `natpmp_upstream_latency_seconds_count{operation="map",upstream="vpn"}`)).toBe(4)
+        expect(sample(body, `natpmp_requests_total{opcode="map_udp",result="out_of_resources"}`)).toBe(1)
+        expect(sample(body, `natpmp_vpn_errors_total{kind="out_of_resources"}`)).toBe(1)
+        // VPN maps: 2 new mappings, 1 renewal, the attempt the router failed (rolled back), the refused one
+        expect(sample(body, `natpmp_upstream_latency_seconds_count{operation="map",upstream="vpn"}`)).toBe(5)
         expect(sample(body, `natpmp_upstream_latency_seconds_bucket{operation="map",upstream="vpn",le="+Inf"}`))
-          .toBe(4)
+          .toBe(5)
         expect(sample(body, `natpmp_upstream_latency_seconds_count{operation="add",upstream="router"}`)).toBe(3)
         expect(sample(body, `natpmp_dropped_datagrams_total{reason="not_allowed"}`)).toBe(0)
         expect((yield* get(h, "/nothing")).status).toBe(404)
       }).pipe(Effect.scoped),
     20_000
   )
+
+  it.live("a metrics address in use fails the bridge's start with one line naming it", () =>
+    Effect.gen(function*() {
+      const h = yield* withMetrics("obs-busy")
+      const taken = Option.getOrThrow(h.bridge.metrics.listening)
+      const error = yield* Effect.flip(h.start({ bridgeId: "obs-busy2", metrics: taken }))
+      expect(error._tag).toBe("MetricsServerError")
+      expect(error.message).toBe(
+        `metrics server: cannot listen on 127.0.0.1:${taken.port}: listen EADDRINUSE: address already in use ` +
+          `127.0.0.1:${taken.port}`
+      )
+    }).pipe(Effect.scoped), 20_000)
 
   it.live("bridges in one process keep their own metrics", () =>
     Effect.gen(function*() {
@@ -156,7 +174,10 @@ describe("observability", () => {
         for (const record of records) {
           expect(record).toMatchObject({ timestamp: expect.any(String), level: expect.any(String) })
         }
-        const request = records.find((record) => record.annotations?.key === "127.0.0.21/udp/4000")
+        // every line about the request carries its key; the answer's line also the ports, result and duration
+        const about = records.filter((record) => record.annotations?.key === "127.0.0.21/udp/4000")
+        expect(about.some((record) => record.message.startsWith("mapped udp 127.0.0.21:4000"))).toBe(true)
+        const request = about.find((record) => record.annotations.durationMs !== undefined)
         expect(request).toMatchObject({
           level: "INFO",
           message: expect.stringMatching(/^udp 127\.0\.0\.21:4000: public port \d+, 60 s \(\d+(\.\d+)? ms\)$/),
