@@ -99,10 +99,11 @@ describe("natpmp-bridge serve: process faults", () => {
         results.forEach((result, i) => {
           if (Either.isRight(result) && result.right.resultCode === 0) granted.set(i, result.right.externalPort)
         })
+        const answered = granted.size
         const rulesAtKill = (yield* ownRules(env, bridgeId)).length
         const vpnAtKill = (yield* env.vpn.mappings).length
-        expect(granted.size).toBeGreaterThan(0)
-        expect(granted.size).toBeLessThan(CLIENTS)
+        expect(answered).toBeGreaterThan(0)
+        expect(answered).toBeLessThan(CLIENTS)
         yield* env.vpn.setResponseDelay(0)
         yield* env.router.clearFaults
 
@@ -119,7 +120,14 @@ describe("natpmp-bridge serve: process faults", () => {
           })
           expect(renewed).toMatchObject({ resultCode: 0, externalPort })
         }
-        // after the grace and a reconciliation, the router holds exactly the renewed clients' rules
+        // half of the clients left without an answer retry (like RFC clients retransmitting); the others are gone
+        const retried = Array.from({ length: CLIENTS }, (_, i) => i).filter((i) => !granted.has(i) && i % 2 === 0)
+        for (const i of retried) {
+          const mapped = yield* renewing[i].map({ protocol: "tcp", internalPort: internalPortOf(i), lifetime: 60 })
+          expect(mapped.resultCode).toBe(0)
+          granted.set(i, mapped.externalPort)
+        }
+        // after the grace and a reconciliation, the router holds exactly the rules of the clients that came back
         const expected = [...granted.keys()].map((i) =>
           `natpmp-bridge:${bridgeId} tcp ${clientAddress(i)}:${internalPortOf(i)}`
         )
@@ -145,7 +153,7 @@ describe("natpmp-bridge serve: process faults", () => {
         }
         const strayVpn = mappings.filter((m) => !rules.some((rule) => Number(rule["to-ports"]) === m.internalPort))
         console.log(
-          `SIGKILL: ${granted.size}/${CLIENTS} answered before the kill, ${rulesAtKill} rule(s) and ${vpnAtKill} VPN ` +
+          `SIGKILL: ${answered}/${CLIENTS} answered before the kill, ${retried.length} retried after the restart, ${rulesAtKill} rule(s) and ${vpnAtKill} VPN ` +
             `mapping(s) at the kill; after restart ${rules.length} rule(s), 0 orphans, settled in ${settledMs} ms; ` +
             `${strayVpn.length} VPN mapping(s) of killed requests left to expire upstream`
         )
@@ -173,7 +181,8 @@ describe("natpmp-bridge serve: process faults", () => {
           }]
         })
         const bridgeId = "termtest"
-        const bridge = yield* serve(env, bridgeId)
+        // a generous cleanup bound: the test is about what is left, not how fast (the machine may be loaded)
+        const bridge = yield* serve(env, bridgeId, ["--shutdown-timeout", "30s"])
         yield* env.vpn.setResponseDelay("20 millis")
         yield* env.router.setReplyDelay("20 millis")
         const clients = yield* clientsOf(bridge.port)
