@@ -125,6 +125,9 @@ describe("natpmp-bridge serve never logs the API password", () => {
       expect(rejected.code).toBe(1)
       expect(rejected.stderr).toMatch(/login as \\?"admin\\?" failed/)
       outputs.push(["login rejected at startup", outputOf(rejected)])
+      const checked = yield* run("natpmp-bridge", ["check", ...flags], { env: { MIKROTIK_API_PASSWORD: password } })
+      expect(checked.code).toBe(1)
+      outputs.push(["check with the login rejected", outputOf(checked)])
       yield* router.clearFaults
       // a bad value next to the password, as environment variables and as flags
       const badEnv = yield* run("natpmp-bridge", ["serve", "--log-level", "DEBUG"], {
