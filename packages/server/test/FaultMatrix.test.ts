@@ -152,6 +152,16 @@ const rows: ReadonlyArray<Row> = [
     within: ANSWER_BOUND + MARGIN,
     untilReconcile: 1
   },
+  {
+    name: "router: API service down during a plain renewal (no router round trip needed)",
+    prepare: mapFirst,
+    fault: (h) => Effect.zipRight(h.router.setDown(true), h.router.disconnectAll),
+    clear: (h) => h.router.setDown(false),
+    request: { ...newMapping, lifetime: 60 },
+    expectedCode: NatPmpMessage.ResultCode.Success,
+    within: ANSWER_BOUND + MARGIN,
+    routerCommands: []
+  },
   // --- VPN gateway ----------------------------------------------------------------------------------------------
   {
     name: "VPN: silent",
@@ -183,6 +193,26 @@ const rows: ReadonlyArray<Row> = [
     within: ANSWER_BOUND + MARGIN,
     routerCommands: []
   })),
+  {
+    name: "VPN: silent on a renewal (the lease keeps its expiry)",
+    prepare: mapFirst,
+    fault: (h) => h.vpn.setSilent(true),
+    clear: (h) => h.vpn.setSilent(false),
+    request: { ...newMapping, lifetime: 60 },
+    expectedCode: NatPmpMessage.ResultCode.NetworkFailure,
+    within: ANSWER_BOUND + MARGIN,
+    routerCommands: []
+  },
+  {
+    name: "VPN: result 4 on a renewal (the mapping stays until it expires)",
+    prepare: mapFirst,
+    fault: (h) => h.vpn.setResultCode(NatPmpMessage.ResultCode.OutOfResources),
+    clear: (h) => h.vpn.setResultCode(undefined),
+    request: { ...newMapping, lifetime: 60 },
+    expectedCode: NatPmpMessage.ResultCode.OutOfResources,
+    within: ANSWER_BOUND + MARGIN,
+    routerCommands: []
+  },
   {
     name: "VPN: epoch reset (state lost) before a renewal",
     prepare: mapFirst,
