@@ -238,7 +238,16 @@ export interface MainOptions {
   readonly defaultLogLevel: LogLevel.LogLevel
   /** The command line (default `process.argv`). */
   readonly argv?: ReadonlyArray<string> | undefined
+  /**
+   * Never repeat a stray argument in the error line: a password typed without its flag would otherwise end up in
+   * the service's logs (journald, container logs).
+   */
+  readonly hideUnknownArguments?: boolean | undefined
 }
+
+/** @effect/cli's "Received unknown argument: '…'" without the argument, when `hide` is set. */
+export const usageLine = (line: string, hide: boolean): string =>
+  hide ? line.replace(/Received unknown argument: '.*'/s, "unexpected argument (not repeated here)") : line
 
 /**
  * Runs `command` with `process.argv` as the process main. Usage errors print one line on stderr
@@ -268,7 +277,7 @@ export const runMain = <Name extends string, R extends CliEnvironmentServices, E
     Effect.catchAll((error: unknown) => {
       if (ValidationError.isValidationError(error)) {
         if (ValidationError.isHelpRequested(error)) return Effect.succeed(0)
-        const line = helpDocToLine(error.error)
+        const line = usageLine(helpDocToLine(error.error), options.hideUnknownArguments === true)
         return Effect.as(
           Console.error(`${name}: ${line.length > 0 ? line : "invalid command line"} (see ${name} --help)`),
           2

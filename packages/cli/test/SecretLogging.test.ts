@@ -106,7 +106,7 @@ describe("natpmp-bridge serve never logs the API password", () => {
         expect(result.code, result.stderr).toBe(0)
         const output = outputOf(result)
         // the run did go through every step, at DEBUG
-        expect(output).toMatch(/level=DEBUG/)
+        expect(output).toMatch(/ DEBUG /)
         expect(output).toMatch(/login as \\?"admin\\?" failed/)
         expect(output).toMatch(/RouterOS API connection lost/)
         expect(output).toMatch(/shutdown: removed 2 rule\(s\)/)
@@ -152,6 +152,13 @@ describe("natpmp-bridge serve never logs the API password", () => {
       const typo = yield* run("natpmp-bridge", ["serve", "--log-level", "DEBUG", "--mikrotik-api-pasword", password])
       expect(typo.code).toBe(2)
       outputs.push(["mistyped password flag", outputOf(typo)])
+      // the password typed without its flag: a stray argument is reported, not repeated
+      const stray = yield* run("natpmp-bridge", ["serve", "--log-level", "DEBUG", password], {
+        env: { VPN_GATEWAY: "10.2.0.1", MIKROTIK_API_ADDRESS: "127.0.0.1:1" }
+      })
+      expect(stray.code).toBe(2)
+      expect(stray.stderr).toMatch(/unexpected argument/)
+      outputs.push(["password as a stray argument", outputOf(stray)])
       // a router that cannot be reached, with the password in the environment
       const unreachable = yield* run("natpmp-bridge", [
         "serve",

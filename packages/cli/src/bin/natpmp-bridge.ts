@@ -9,5 +9,6 @@ runMain(BridgeCommand.make(extracted), {
   name: "natpmp-bridge",
   version: "0.1.0",
   defaultLogLevel: LogLevel.Info,
-  argv
+  argv,
+  hideUnknownArguments: true
 })
