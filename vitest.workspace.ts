@@ -3,5 +3,6 @@ import { defineWorkspace } from "vitest/config"
 export default defineWorkspace([
   "packages/core",
   "packages/server",
-  "packages/cli"
+  "packages/cli",
+  "examples"
 ])
