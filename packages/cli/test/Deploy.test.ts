@@ -6,7 +6,7 @@
 import { describe, expect, it } from "@effect/vitest"
 import { BridgeConfig } from "@natpmp-bridge/server"
 import * as Either from "effect/Either"
-import { execFileSync } from "node:child_process"
+import { execFileSync, spawnSync } from "node:child_process"
 import * as fs from "node:fs"
 import * as os from "node:os"
 import * as path from "node:path"
@@ -289,6 +289,52 @@ describe("systemd unit", () => {
     const stop = Number(/^(\d+)s$/.exec(one("TimeoutStopSec"))?.[1])
     expect(stop).toBeGreaterThan(Number(BridgeConfig.settings.shutdownTimeout.default!.replace("s", "")))
     expect(one("KillSignal")).toBe("SIGTERM")
+  })
+})
+
+/** systemd's own checks of the unit, where systemd-analyze exists (Debian's systemd package); required under CI. */
+const systemdAnalyze = ["/usr/bin/systemd-analyze", "/bin/systemd-analyze"].find((file) => fs.existsSync(file))
+const skipSystemd = systemdAnalyze === undefined && process.env.CI !== "true"
+if (skipSystemd) {
+  console.warn("systemd-analyze checks of the unit skipped: needs systemd-analyze (Debian package systemd)")
+}
+
+describe.skipIf(skipSystemd)(`systemd-analyze${skipSystemd ? " (skipped: needs systemd-analyze)" : ""}`, () => {
+  /** The unit with an executable that exists here in place of /usr/local/bin/natpmp-bridge (verify checks it). */
+  const unitCopy = () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), "natpmp-bridge-unit-"))
+    const file = path.join(dir, "natpmp-bridge.service")
+    const text = read("deploy/natpmp-bridge.service")
+    expect(text).toContain("ExecStart=/usr/local/bin/natpmp-bridge serve")
+    fs.writeFileSync(file, text.replace("ExecStart=/usr/local/bin/natpmp-bridge", `ExecStart=${process.execPath}`))
+    return { dir, file }
+  }
+
+  it("verify reports nothing: every key is known and in its section", () => {
+    expect(systemdAnalyze, "systemd-analyze is required under CI").toBeDefined()
+    const { dir, file } = unitCopy()
+    try {
+      const result = spawnSync(systemdAnalyze!, ["verify", file], { encoding: "utf8", timeout: 30_000 })
+      expect(result.status, result.stderr).toBe(0)
+      expect(result.stderr.trim()).toBe("")
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true })
+    }
+  })
+
+  it("security rates the service's exposure as OK (at most 2.0 of 10)", () => {
+    const { dir, file } = unitCopy()
+    try {
+      const result = spawnSync(systemdAnalyze!, ["security", "--offline=true", "--no-pager", file], {
+        encoding: "utf8",
+        timeout: 30_000
+      })
+      const exposure = /Overall exposure level for \S+: (\d+(?:\.\d+)?)/.exec(result.stdout)
+      expect(exposure, result.stdout + result.stderr).not.toBeNull()
+      expect(Number(exposure![1])).toBeLessThanOrEqual(2)
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true })
+    }
   })
 })
 
