@@ -1,12 +1,13 @@
 # natpmp-bridge: the NAT-PMP bridge (and the natpmp client) in a small Node 20 image.
 #
 #   docker buildx build --platform linux/amd64,linux/arm64,linux/arm/v7 -t natpmp-bridge .
-#   docker run --rm --env-file /etc/natpmp-bridge.env -p 5351:5351/udp natpmp-bridge
+#   docker run --rm --env-file /etc/natpmp-bridge.env -p 5351:5351/udp --stop-timeout 30 natpmp-bridge
 #   docker run --rm --env-file /etc/natpmp-bridge.env natpmp-bridge check --bridge-host 172.17.0.2
 #
 # The bins are esbuild bundles of plain JavaScript (no native addon), so they are built once on the build machine's
 # platform and the runtime stage only adds Node. The V8 code cache that makes the bins start fast depends on the CPU
-# architecture, so the runtime stage writes it for its own platform.
+# architecture, so the runtime stage writes it for its own platform. SIGTERM starts the graceful shutdown (own rules
+# and VPN mappings removed within SHUTDOWN_TIMEOUT, 10s): give `docker stop` more than that (--stop-timeout 30).
 
 ARG NODE_IMAGE=node:20-alpine
 

@@ -4,5 +4,6 @@ export default defineWorkspace([
   "packages/core",
   "packages/server",
   "packages/cli",
-  "bench"
+  "bench",
+  "examples"
 ])

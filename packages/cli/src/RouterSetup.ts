@@ -185,7 +185,9 @@ export const make = (input: SetupInput): Setup => {
       `The container needs RouterOS 7 with the container package and device-mode container=yes; ` +
         `${
           container.image.endsWith(".tar")
-            ? `upload ${container.image} built for the router's CPU (docker buildx build --platform linux/arm64 -o type=docker,dest=${container.image} .; linux/arm/v7 or linux/amd64 for other routers) first`
+            ? `upload ${container.image} built for the router's CPU (docker buildx build --platform linux/arm64 -o type=docker,dest=${
+              container.image.split("/").at(-1)
+            } .; linux/arm/v7 or linux/amd64 for other routers) first`
             : `the router pulls ${container.image} (set /container config registry-url= if needed)`
         }.`
     )

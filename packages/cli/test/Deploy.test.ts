@@ -6,114 +6,15 @@
 import { describe, expect, it } from "@effect/vitest"
 import { BridgeConfig } from "@natpmp-bridge/server"
 import * as Either from "effect/Either"
-import { execFileSync } from "node:child_process"
+import { execFileSync, spawnSync } from "node:child_process"
 import * as fs from "node:fs"
 import * as os from "node:os"
 import * as path from "node:path"
-
-const root = path.join(__dirname, "..", "..", "..")
-const read = (file: string) => fs.readFileSync(path.join(root, file), "utf8")
+import { buildStage, dockerfile, isIgnored, parseCopy, read, root, runtimeFiles, runtimeStage } from "./Dockerfile.js"
 
 // -----------------------------------------------------------------------------
 // Dockerfile
 // -----------------------------------------------------------------------------
-
-interface Instruction {
-  readonly keyword: string
-  readonly args: string
-}
-
-interface Stage {
-  readonly name: string | undefined
-  readonly from: string
-  readonly instructions: Array<Instruction>
-}
-
-/** Instructions grouped by stage; comments dropped, `\` continuations joined. */
-const parseDockerfile = (text: string): Array<Stage> => {
-  const logical: Array<string> = []
-  let current = ""
-  for (const raw of text.split("\n")) {
-    const line = raw.trim()
-    if (current === "" && (line === "" || line.startsWith("#"))) continue
-    if (line.startsWith("#")) continue
-    if (line.endsWith("\\")) {
-      current += line.slice(0, -1) + " "
-      continue
-    }
-    logical.push(current + line)
-    current = ""
-  }
-  const stages: Array<Stage> = []
-  for (const line of logical) {
-    const [, keyword, args] = /^(\S+)\s*(.*)$/.exec(line)!
-    const instruction = { keyword: keyword.toUpperCase(), args: args.trim() }
-    if (instruction.keyword === "FROM") {
-      const words = instruction.args.split(/\s+/).filter((word) => !word.startsWith("--"))
-      stages.push({ from: words[0], name: words[2], instructions: [] })
-    } else if (stages.length > 0) {
-      stages.at(-1)!.instructions.push(instruction)
-    }
-  }
-  return stages
-}
-
-/** `COPY [--from=x] src... dest`: flags, sources, destination. */
-const parseCopy = (args: string) => {
-  const words = args.split(/\s+/)
-  const flags = words.filter((word) => word.startsWith("--"))
-  const paths = words.filter((word) => !word.startsWith("--"))
-  const from = flags.find((flag) => flag.startsWith("--from="))?.slice("--from=".length)
-  return { from, sources: paths.slice(0, -1), dest: paths.at(-1)! }
-}
-
-/** Docker's .dockerignore rules (Go filepath.Match with `**`; a later `!pattern` re-includes). */
-const dockerIgnored = (patterns: ReadonlyArray<string>) => (file: string): boolean => {
-  const toRegExp = (pattern: string) =>
-    new RegExp(
-      "^" + pattern.replace(/^\/+/, "").replace(/\/+$/, "").split("/").map((part) =>
-        part === "**"
-          ? ".*"
-          : part.replace(/[.+^${}()|[\]\\]/g, "\\$&").replace(/\*/g, "[^/]*").replace(/\?/g, "[^/]")
-      ).join("/").replace(/\.\*\//g, "(?:.*/)?") + "$"
-    )
-  const prefixes = file.split("/").map((_, i, parts) => parts.slice(0, i + 1).join("/"))
-  let ignored = false
-  for (const pattern of patterns) {
-    const negated = pattern.startsWith("!")
-    const regExp = toRegExp(negated ? pattern.slice(1) : pattern)
-    if (prefixes.some((prefix) => regExp.test(prefix))) ignored = !negated
-  }
-  return ignored
-}
-
-const dockerfile = parseDockerfile(read("Dockerfile"))
-const ignorePatterns = read(".dockerignore").split("\n").map((line) => line.trim())
-  .filter((line) => line !== "" && !line.startsWith("#"))
-const isIgnored = dockerIgnored(ignorePatterns)
-
-const buildStage = dockerfile.find((stage) => stage.name === "build")!
-const runtimeStage = dockerfile.at(-1)!
-const workdir = (stage: Stage) => stage.instructions.find((i) => i.keyword === "WORKDIR")?.args ?? "/"
-
-/** Where a (possibly relative) destination lands in the image. */
-const resolveDest = (stage: Stage, dest: string) => path.posix.resolve(workdir(stage), dest)
-
-/** The runtime image's files copied from the build stage: image path -> repository path. */
-const runtimeFiles = (): Map<string, string> => {
-  const files = new Map<string, string>()
-  for (const instruction of runtimeStage.instructions) {
-    if (instruction.keyword !== "COPY") continue
-    const copy = parseCopy(instruction.args)
-    const dest = resolveDest(runtimeStage, copy.dest)
-    for (const source of copy.sources) {
-      const inRepo = path.posix.relative(workdir(buildStage), source)
-      const target = copy.dest.endsWith("/") ? path.posix.join(dest, path.posix.basename(source)) : dest
-      files.set(target, inRepo)
-    }
-  }
-  return files
-}
 
 describe("Dockerfile", () => {
   it("builds in a Node 20 stage named build and ships a Node 20 runtime stage", () => {
@@ -289,6 +190,52 @@ describe("systemd unit", () => {
     const stop = Number(/^(\d+)s$/.exec(one("TimeoutStopSec"))?.[1])
     expect(stop).toBeGreaterThan(Number(BridgeConfig.settings.shutdownTimeout.default!.replace("s", "")))
     expect(one("KillSignal")).toBe("SIGTERM")
+  })
+})
+
+/** systemd's own checks of the unit, where systemd-analyze exists (Debian's systemd package); required under CI. */
+const systemdAnalyze = ["/usr/bin/systemd-analyze", "/bin/systemd-analyze"].find((file) => fs.existsSync(file))
+const skipSystemd = systemdAnalyze === undefined && process.env.CI !== "true"
+if (skipSystemd) {
+  console.warn("systemd-analyze checks of the unit skipped: needs systemd-analyze (Debian package systemd)")
+}
+
+describe.skipIf(skipSystemd)(`systemd-analyze${skipSystemd ? " (skipped: needs systemd-analyze)" : ""}`, () => {
+  /** The unit with an executable that exists here in place of /usr/local/bin/natpmp-bridge (verify checks it). */
+  const unitCopy = () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), "natpmp-bridge-unit-"))
+    const file = path.join(dir, "natpmp-bridge.service")
+    const text = read("deploy/natpmp-bridge.service")
+    expect(text).toContain("ExecStart=/usr/local/bin/natpmp-bridge serve")
+    fs.writeFileSync(file, text.replace("ExecStart=/usr/local/bin/natpmp-bridge", `ExecStart=${process.execPath}`))
+    return { dir, file }
+  }
+
+  it("verify reports nothing: every key is known and in its section", () => {
+    expect(systemdAnalyze, "systemd-analyze is required under CI").toBeDefined()
+    const { dir, file } = unitCopy()
+    try {
+      const result = spawnSync(systemdAnalyze!, ["verify", file], { encoding: "utf8", timeout: 30_000 })
+      expect(result.status, result.stderr).toBe(0)
+      expect(result.stderr.trim()).toBe("")
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true })
+    }
+  })
+
+  it("security rates the service's exposure as OK (at most 2.0 of 10)", () => {
+    const { dir, file } = unitCopy()
+    try {
+      const result = spawnSync(systemdAnalyze!, ["security", "--offline=true", "--no-pager", file], {
+        encoding: "utf8",
+        timeout: 30_000
+      })
+      const exposure = /Overall exposure level for \S+: (\d+(?:\.\d+)?)/.exec(result.stdout)
+      expect(exposure, result.stdout + result.stderr).not.toBeNull()
+      expect(Number(exposure![1])).toBeLessThanOrEqual(2)
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true })
+    }
   })
 })
 
