@@ -17,7 +17,7 @@
 import { describe, expect, layer } from "@effect/vitest"
 import { NatPmpMessage } from "@natpmp-bridge/core"
 import type { RouterOsSimulator } from "@natpmp-bridge/core/testing"
-import { Natpmpc, NetworkLab } from "@natpmp-bridge/core/testing"
+import { Natpmpc, NetworkLab, NftDstNat } from "@natpmp-bridge/core/testing"
 import * as Context from "effect/Context"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
@@ -120,6 +120,11 @@ const BridgeLabLive = Layer.scoped(
   })
 )
 
+/** One bridge for the tests that do not start or stop it themselves. */
+class SharedBridge extends Context.Tag("lab/SharedBridge")<SharedBridge, BridgeProcess>() {}
+
+const SharedBridgeLive = Layer.scoped(SharedBridge, Effect.flatMap(BridgeLab, ({ startBridge }) => startBridge()))
+
 // -----------------------------------------------------------------------------
 // helpers
 // -----------------------------------------------------------------------------
@@ -176,89 +181,105 @@ describe.skipIf(skipReason !== undefined)(
   `natpmp-bridge between natpmpc and miniupnpd${skipReason ? ` (skipped: ${skipReason})` : ""}`,
   () => {
     layer(BridgeLabLive, { excludeTestServices: true, timeout: Duration.seconds(30) })((it) => {
-      it.scoped("natpmpc gets the VPN's public address through the bridge", () =>
-        Effect.gen(function*() {
-          const { net, startBridge } = yield* BridgeLab
-          yield* startBridge()
-          const answer = yield* Natpmpc.publicAddress(net.lan, net.home.router)
-          expect(answer.publicAddress).toBe(publicAddress)
-        }))
+      it.layer(SharedBridgeLive, { timeout: Duration.seconds(30) })("one bridge for the mapping basics", (it) => {
+        it.scoped("natpmpc gets the VPN's public address through the bridge", () =>
+          Effect.gen(function*() {
+            const { net } = yield* BridgeLab
+            const answer = yield* Natpmpc.publicAddress(net.lan, net.home.router)
+            expect(answer.publicAddress).toBe(publicAddress)
+          }))
 
-      for (const [protocol, privatePort, publicPort] of [["tcp", 41000, 45000], ["udp", 41001, 45001]] as const) {
-        it.scoped(
-          `natpmpc maps ${protocol}: miniupnpd forwards to the router, the router's dst-nat rule to the client; ` +
-            "natpmpc's delete removes both",
-          () =>
-            Effect.gen(function*() {
-              const { net, router, startBridge } = yield* BridgeLab
-              yield* startBridge()
-              const mapped = yield* natpmpcMap(protocol, publicPort, privatePort, 600)
-              expect(mapped).toMatchObject({ protocol, internalPort: privatePort, externalPort: publicPort })
-              expect(mapped.lifetime).toBe(600)
+        for (const [protocol, privatePort, publicPort] of [["tcp", 41000, 45000], ["udp", 41001, 45001]] as const) {
+          it.scoped(
+            `natpmpc maps ${protocol}: miniupnpd forwards to the router, the router's dst-nat rule to the client; ` +
+              "natpmpc's delete removes both",
+            () =>
+              Effect.gen(function*() {
+                const { net, router } = yield* BridgeLab
+                const mapped = yield* natpmpcMap(protocol, publicPort, privatePort, 600)
+                expect(mapped).toMatchObject({ protocol, internalPort: privatePort, externalPort: publicPort })
+                expect(mapped.lifetime).toBe(600)
 
-              // the VPN gateway forwards the public port to the router's address, on the client's port (translate)
-              expect(yield* vpnForwards).toStrictEqual([
-                { protocol, externalPort: publicPort, address: net.vpnLink.router, internalPort: privatePort }
-              ])
-              // the router's rule: from the VPN interface, that port, to the client
-              const state = yield* router.waitFor((s) => ownRules(s.natRules).length === 1, "the bridge's rule")
-              expect(ownRules(state.natRules)[0]).toMatchObject({
-                chain: "dstnat",
-                action: "dst-nat",
-                protocol,
-                "in-interface": net.vpnLink.routerInterface,
-                "dst-port": String(privatePort),
-                "to-addresses": net.home.client,
-                "to-ports": String(privatePort),
-                comment: `natpmp-bridge:${bridgeId} ${protocol} ${net.home.client}:${privatePort}`
+                // the VPN gateway forwards the public port to the router's address, on the client's port (translate)
+                expect(yield* vpnForwards).toStrictEqual([
+                  { protocol, externalPort: publicPort, address: net.vpnLink.router, internalPort: privatePort }
+                ])
+                // the router's rule: from the VPN interface, that port, to the client
+                const state = yield* router.waitFor((s) => ownRules(s.natRules).length === 1, "the bridge's rule")
+                expect(ownRules(state.natRules)[0]).toMatchObject({
+                  chain: "dstnat",
+                  action: "dst-nat",
+                  protocol,
+                  "in-interface": net.vpnLink.routerInterface,
+                  "dst-port": String(privatePort),
+                  "to-addresses": net.home.client,
+                  "to-ports": String(privatePort),
+                  comment: `natpmp-bridge:${bridgeId} ${protocol} ${net.home.client}:${privatePort}`
+                })
+                expect(state.nftRules).toStrictEqual([
+                  `iifname "${net.vpnLink.routerInterface}" ${protocol} dport ${privatePort} dnat to ${net.home.client}:${privatePort} comment "${
+                    ownRules(state.natRules)[0][".id"]
+                  }"`
+                ])
+
+                // loaded into the router namespace's nftables
+                expect(yield* NftDstNat.list({ namespace: net.router })).toContain(
+                  `${protocol} dport ${privatePort} dnat to ${net.home.client}:${privatePort}`
+                )
+
+                const deleted = yield* natpmpcMap(protocol, 0, privatePort, 0)
+                expect(deleted).toMatchObject({ protocol, internalPort: privatePort, externalPort: 0, lifetime: 0 })
+                yield* expectClean
               })
-              expect(state.nftRules).toStrictEqual([
-                `iifname "${net.vpnLink.routerInterface}" ${protocol} dport ${privatePort} dnat to ${net.home.client}:${privatePort} comment "${
-                  ownRules(state.natRules)[0][".id"]
-                }"`
+          )
+        }
+
+        it.scoped("traffic from the internet reaches a LAN listener through both NAT layers, and its reply comes back", () =>
+          Effect.gen(function*() {
+            const { net } = yield* BridgeLab
+            for (const [protocol, privatePort, publicPort] of [["tcp", 42000, 46000], ["udp", 42001, 46001]] as const) {
+              const server = yield* NetworkLab.echoServer(net.lan, protocol, privatePort)
+              const mapped = yield* natpmpcMap(protocol, publicPort, privatePort, 600)
+              expect(mapped.externalPort).toBe(publicPort)
+
+              // internet → ext0:P → (miniupnpd dnat) → router:X → (router dst-nat) → client:X, and back
+              const reply = yield* NetworkLab.sendAndReceive(
+                net.inet,
+                protocol,
+                net.ext.gateway,
+                mapped.externalPort,
+                `hello over ${protocol}`
+              )
+              expect(reply).toBe(`echo hello over ${protocol}`)
+              // the client sees the internet peer's own address: neither layer rewrote the source
+              expect((yield* server.received).map(({ from, payload }) => ({ from, payload }))).toStrictEqual([
+                { from: net.ext.peer, payload: `hello over ${protocol}` }
               ])
 
-              const deleted = yield* natpmpcMap(protocol, 0, privatePort, 0)
-              expect(deleted).toMatchObject({ protocol, internalPort: privatePort, externalPort: 0, lifetime: 0 })
-              yield* expectClean
-            })
-        )
-      }
-
-      it.scoped("traffic from the internet reaches a LAN listener through both NAT layers, and its reply comes back", () =>
-        Effect.gen(function*() {
-          const { net, startBridge } = yield* BridgeLab
-          yield* startBridge()
-          for (const [protocol, privatePort, publicPort] of [["tcp", 42000, 46000], ["udp", 42001, 46001]] as const) {
-            const server = yield* NetworkLab.echoServer(net.lan, protocol, privatePort)
-            const mapped = yield* natpmpcMap(protocol, publicPort, privatePort, 600)
-            expect(mapped.externalPort).toBe(publicPort)
-
-            // internet → ext0:P → (miniupnpd dnat) → router:X → (router dst-nat) → client:X, and back
-            const reply = yield* NetworkLab.sendAndReceive(
-              net.inet,
-              protocol,
-              net.ext.gateway,
-              mapped.externalPort,
-              `hello over ${protocol}`
-            )
-            expect(reply).toBe(`echo hello over ${protocol}`)
-            // the client sees the internet peer's own address: neither layer rewrote the source
-            expect((yield* server.received).map(({ from, payload }) => ({ from, payload }))).toStrictEqual([
-              { from: net.ext.peer, payload: `hello over ${protocol}` }
-            ])
-
-            yield* natpmpcMap(protocol, 0, privatePort, 0)
-            if (protocol === "tcp") {
-              // nothing forwards the port any more: the gateway itself refuses the connection
-              const refused = yield* Effect.flip(
-                NetworkLab.sendAndReceive(net.inet, protocol, net.ext.gateway, mapped.externalPort, "again")
-              )
-              expect(refused.stderr).toContain("ECONNREFUSED")
+              yield* natpmpcMap(protocol, 0, privatePort, 0)
+              if (protocol === "tcp") {
+                // nothing forwards the port any more: the gateway itself refuses the connection
+                const refused = yield* Effect.flip(
+                  NetworkLab.sendAndReceive(net.inet, protocol, net.ext.gateway, mapped.externalPort, "again")
+                )
+                expect(refused.stderr).toContain("ECONNREFUSED")
+              }
             }
-          }
-          yield* expectClean
-        }))
+            yield* expectClean
+          }))
+
+        it.scoped("drops requests from the VPN side without an answer", () =>
+          Effect.gen(function*() {
+            const { net } = yield* BridgeLab
+            const bridge = yield* SharedBridge
+            // RFC 6886 §3.2: a gateway never accepts requests from its external side
+            const silence = yield* Effect.flip(
+              NetworkLab.probeNatPmp(net.vpn, net.vpnLink.router, { timeout: Duration.seconds(1) })
+            )
+            expect(silence.message).toContain("no NAT-PMP answer")
+            expect(yield* bridge.log).toContain(`dropped a datagram from ${net.vpnLink.gateway}: not an allowed client`)
+          }))
+      })
 
       it.scoped("announces its public address on the LAN at start, never toward the VPN", () =>
         Effect.gen(function*() {
@@ -278,18 +299,6 @@ describe.skipIf(skipReason !== undefined)(
             })
           }
           expect(yield* onVpn.received).toStrictEqual([])
-        }))
-
-      it.scoped("drops requests from the VPN side without an answer", () =>
-        Effect.gen(function*() {
-          const { net, startBridge } = yield* BridgeLab
-          const bridge = yield* startBridge()
-          // RFC 6886 §3.2: a gateway never accepts requests from its external side
-          const silence = yield* Effect.flip(
-            NetworkLab.probeNatPmp(net.vpn, net.vpnLink.router, { timeout: Duration.seconds(1) })
-          )
-          expect(silence.message).toContain("no NAT-PMP answer")
-          expect(yield* bridge.log).toContain(`dropped a datagram from ${net.vpnLink.gateway}: not an allowed client`)
         }))
 
       it.scoped(
