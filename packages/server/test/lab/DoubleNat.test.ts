@@ -281,25 +281,27 @@ describe.skipIf(skipReason !== undefined)(
           }))
       })
 
-      it.scoped("announces its public address on the LAN at start, never toward the VPN", () =>
-        Effect.gen(function*() {
-          const { net, startBridge } = yield* BridgeLab
-          // RFC 6886 §3.2.1: 224.0.0.1:5350 on the internal interfaces; the VPN side is the external one
-          const onLan = yield* NetworkLab.echoServer(net.lan, "udp", NatPmpMessage.AnnouncementPort, { silent: true })
-          const onVpn = yield* NetworkLab.echoServer(net.vpn, "udp", NatPmpMessage.AnnouncementPort, { silent: true })
-          yield* startBridge()
-          // the first two of the ten packets leave 250 ms apart
-          const heard = yield* eventually(onLan.received, (received) => received.length >= 2, "two announcements")
-          for (const announcement of heard) {
-            expect(announcement.from).toBe(net.home.router)
-            expect(yield* NatPmpMessage.decodeResponse(announcement.bytes)).toMatchObject({
-              _tag: "PublicAddressResponse",
-              resultCode: 0,
-              publicAddress
-            })
-          }
-          expect(yield* onVpn.received).toStrictEqual([])
-        }))
+      for (const allowed of ["the router's LAN networks", "one LAN host"] as const) {
+        it.scoped(`announces its public address on the LAN at start, never toward the VPN (allowed: ${allowed})`, () =>
+          Effect.gen(function*() {
+            const { net, startBridge } = yield* BridgeLab
+            // RFC 6886 §3.2.1: 224.0.0.1:5350 on the internal interfaces; the VPN side is the external one
+            const onLan = yield* NetworkLab.echoServer(net.lan, "udp", NatPmpMessage.AnnouncementPort, { silent: true })
+            const onVpn = yield* NetworkLab.echoServer(net.vpn, "udp", NatPmpMessage.AnnouncementPort, { silent: true })
+            yield* startBridge(...(allowed === "one LAN host" ? ["--allowed-clients", `${net.home.client}/32`] : []))
+            // the first two of the ten packets leave 250 ms apart
+            const heard = yield* eventually(onLan.received, (received) => received.length >= 2, "two announcements")
+            for (const announcement of heard) {
+              expect(announcement.from).toBe(net.home.router)
+              expect(yield* NatPmpMessage.decodeResponse(announcement.bytes)).toMatchObject({
+                _tag: "PublicAddressResponse",
+                resultCode: 0,
+                publicAddress
+              })
+            }
+            expect(yield* onVpn.received).toStrictEqual([])
+          }))
+      }
 
       it.scoped(
         "after miniupnpd restarts (VPN state loss) the bridge maps upstream again, traffic flows, the LAN is told",
