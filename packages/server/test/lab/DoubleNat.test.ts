@@ -268,6 +268,40 @@ describe.skipIf(skipReason !== undefined)(
             yield* expectClean
           }))
 
+        it.scoped("natpmpc's delete of internal port 0 removes all of the client's mappings of that protocol", () =>
+          Effect.gen(function*() {
+            const { router } = yield* BridgeLab
+            yield* natpmpcMap("tcp", 0, 43100, 600)
+            yield* natpmpcMap("tcp", 0, 43101, 600)
+            yield* natpmpcMap("udp", 0, 43102, 600)
+            yield* router.waitFor((state) => ownRules(state.natRules).length === 3, "three rules")
+
+            const deleted = yield* natpmpcMap("tcp", 0, 0, 0)
+            expect(deleted).toMatchObject({ protocol: "tcp", internalPort: 0, externalPort: 0, lifetime: 0 })
+            const state = yield* router.waitFor((s) => ownRules(s.natRules).length === 1, "only the UDP rule")
+            expect(ownRules(state.natRules)[0]).toMatchObject({ protocol: "udp", "dst-port": "43102" })
+            expect((yield* vpnForwards).map((rule) => `${rule.protocol}/${rule.internalPort}`)).toStrictEqual([
+              "udp/43102"
+            ])
+            yield* natpmpcMap("udp", 0, 43102, 0)
+            yield* expectClean
+          }))
+
+        it.scoped("a mapping natpmpc does not renew expires on both layers", () =>
+          Effect.gen(function*() {
+            const { router } = yield* BridgeLab
+            const mapped = yield* natpmpcMap("udp", 0, 43200, 2)
+            expect(mapped.lifetime).toBe(2)
+            yield* router.waitFor((state) => ownRules(state.natRules).length === 1, "the rule")
+            // the bridge's expiry removes the rule and deletes the VPN mapping (miniupnpd may have dropped it first)
+            yield* router.waitFor(
+              (state) => ownRules(state.natRules).length === 0,
+              "the rule's expiry",
+              Duration.seconds(8)
+            )
+            yield* expectClean
+          }))
+
         it.scoped("drops requests from the VPN side without an answer", () =>
           Effect.gen(function*() {
             const { net } = yield* BridgeLab
