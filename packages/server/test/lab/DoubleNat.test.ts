@@ -316,6 +316,34 @@ describe.skipIf(skipReason !== undefined)(
           }))
       })
 
+      it.scoped("natpmp-bridge check reports the router, the detected VPN interface and miniupnpd's address", () =>
+        Effect.gen(function*() {
+          const { net, router } = yield* BridgeLab
+          const before = (yield* router.state).natRules
+          const { stdout } = yield* net.router.run([
+            process.execPath,
+            bridgeBin,
+            "check",
+            "--vpn-gateway",
+            net.vpnLink.gateway,
+            "--mikrotik-api-address",
+            `127.0.0.1:${router.port}`,
+            "--mikrotik-api-password",
+            router.password
+          ], { timeout: Duration.seconds(20) })
+          expect(stdout).toMatch(/RouterOS 7\.16\.2/)
+          expect(stdout).toMatch(
+            new RegExp(
+              `VPN interface +${net.vpnLink.routerInterface} \\(detected from the routes towards ${net.vpnLink.gateway}\\)`
+            )
+          )
+          expect(stdout).toContain(net.home.network)
+          expect(stdout).toMatch(new RegExp(`VPN gateway +${net.vpnLink.gateway}:5351: public IP 5\\.6\\.7\\.8`))
+          // it changes nothing
+          expect((yield* router.state).natRules).toStrictEqual(before)
+          expect(yield* vpnForwards).toStrictEqual([])
+        }))
+
       for (const allowed of ["the router's LAN networks", "one LAN host"] as const) {
         it.scoped(`announces its public address on the LAN at start, never toward the VPN (allowed: ${allowed})`, () =>
           Effect.gen(function*() {
