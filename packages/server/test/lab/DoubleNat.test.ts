@@ -338,7 +338,9 @@ describe.skipIf(skipReason !== undefined)(
             )
           )
           expect(stdout).toContain(net.home.network)
-          expect(stdout).toMatch(new RegExp(`VPN gateway +${net.vpnLink.gateway}:5351: public IP 5\\.6\\.7\\.8`))
+          expect(stdout).toMatch(
+            new RegExp(`VPN gateway +${net.vpnLink.gateway}:${NatPmpMessage.ServerPort}: public IP 5\\.6\\.7\\.8`)
+          )
           // it changes nothing
           expect((yield* router.state).natRules).toStrictEqual(before)
           expect(yield* vpnForwards).toStrictEqual([])
