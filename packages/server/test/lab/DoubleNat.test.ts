@@ -269,6 +269,47 @@ describe.skipIf(skipReason !== undefined)(
             yield* expectClean
           }))
 
+        it.scoped(
+          "a port taken by someone else's router rule: the bridge asks the VPN for another one, and traffic flows",
+          () =>
+            Effect.gen(function*() {
+              const { net, router } = yield* BridgeLab
+              // someone's own forward of port 44500 on the VPN interface, to another LAN host
+              const foreign = yield* router.addNatRule({
+                chain: "dstnat",
+                action: "dst-nat",
+                protocol: "tcp",
+                "in-interface": net.vpnLink.routerInterface,
+                "dst-port": "44500",
+                "to-addresses": "10.0.0.99",
+                "to-ports": "80",
+                comment: "a forward of the router's owner"
+              })
+              yield* Effect.addFinalizer(() => Effect.ignore(router.removeNatRule(foreign)))
+              yield* NetworkLab.echoServer(net.lan, "tcp", 44500)
+
+              // translate mode: the client's port is taken on the router, so the suggested port carries it
+              const mapped = yield* natpmpcMap("tcp", 48500, 44500, 600)
+              expect(mapped).toMatchObject({ internalPort: 44500, externalPort: 48500 })
+              expect(yield* vpnForwards).toStrictEqual([
+                { protocol: "tcp", externalPort: 48500, address: net.vpnLink.router, internalPort: 48500 }
+              ])
+              const state = yield* router.waitFor((s) => ownRules(s.natRules).length === 1, "the bridge's rule")
+              expect(ownRules(state.natRules)[0]).toMatchObject({ "dst-port": "48500", "to-ports": "44500" })
+              // the foreign rule is untouched
+              expect(state.natRules.find((row) => row[".id"] === foreign)).toMatchObject({
+                "dst-port": "44500",
+                "to-addresses": "10.0.0.99"
+              })
+              const reply = yield* NetworkLab.sendAndReceive(net.inet, "tcp", net.ext.gateway, 48500, "around it")
+              expect(reply).toBe("echo around it")
+
+              yield* natpmpcMap("tcp", 0, 44500, 0)
+              yield* router.removeNatRule(foreign)
+              yield* expectClean
+            })
+        )
+
         it.scoped("natpmpc's delete of internal port 0 removes all of the client's mappings of that protocol", () =>
           Effect.gen(function*() {
             const { router } = yield* BridgeLab
