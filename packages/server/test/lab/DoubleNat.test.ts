@@ -409,6 +409,24 @@ describe.skipIf(skipReason !== undefined)(
           }))
       }
 
+      it.scoped("natpmpc sees the bridge's policy: the lifetime cap and the per-client quota (result 4)", () =>
+        Effect.gen(function*() {
+          const { router, startBridge } = yield* BridgeLab
+          yield* startBridge("--max-lifetime", "120", "--client-quota", "2")
+          const first = yield* natpmpcMap("udp", 0, 43300, 3600)
+          expect(first.lifetime).toBe(120)
+          yield* natpmpcMap("tcp", 0, 43301, 3600)
+          const refused = yield* Effect.flip(natpmpcMap("udp", 0, 43302, 3600))
+          expect(refused.reason).toMatch(/^failed: nat-pmp server out of resources/)
+          // nothing of the refused one on either layer
+          const state = yield* router.waitFor((s) => ownRules(s.natRules).length === 2, "two rules")
+          expect(ownRules(state.natRules).map((row) => row["to-ports"]).sort()).toStrictEqual(["43300", "43301"])
+          expect((yield* vpnForwards).map((rule) => rule.internalPort).sort()).toStrictEqual([43300, 43301])
+          yield* natpmpcMap("udp", 0, 43300, 0)
+          yield* natpmpcMap("tcp", 0, 43301, 0)
+          yield* expectClean
+        }))
+
       it.scoped(
         "after miniupnpd restarts (VPN state loss) the bridge maps upstream again, traffic flows, the LAN is told",
         () =>
