@@ -67,6 +67,8 @@ export interface RouterAgent {
   readonly addNatRule: (
     row: RouterOsSimulator.Row & { readonly comment: string }
   ) => Effect.Effect<string, NetworkLab.NetworkLabError>
+  /** Changes a NAT rule (as someone else than the bridge would) and waits until the change is in effect. */
+  readonly setNatRule: (id: string, patch: RouterOsSimulator.Row) => Effect.Effect<void, NetworkLab.NetworkLabError>
   /** Removes a NAT rule by id. */
   readonly removeNatRule: (id: string) => Effect.Effect<void, NetworkLab.NetworkLabError>
   /** Waits until the reported state satisfies `predicate` (default 5 s); fails naming `what`. */
@@ -164,9 +166,18 @@ export const startRouterAgent = (
           Effect.zipRight(waitFor((s) => s.natRules.some((r) => r.comment === row.comment), `rule "${row.comment}"`)),
           Effect.map((s) => s.natRules.find((r) => r.comment === row.comment)![".id"])
         ),
+      setNatRule: (id, patch) =>
+        send({ op: "setNatRule", id, patch }).pipe(
+          Effect.zipRight(waitFor((s) =>
+            s.natRules.some((r) =>
+              r[".id"] === id && Object.entries(patch).every(([key, value]) => (r[key] ?? "") === value)
+            ), `rule ${id} changed`)),
+          Effect.asVoid
+        ),
       removeNatRule: (id) =>
         send({ op: "removeNatRule", id }).pipe(
-          Effect.zipRight(waitFor((s) => !s.natRules.some((r) => r[".id"] === id), `no rule ${id}`)),
+          Effect.zipRight(waitFor((s) =>
+            !s.natRules.some((r) => r[".id"] === id), `no rule ${id}`)),
           Effect.asVoid
         )
     }

@@ -427,6 +427,37 @@ describe.skipIf(skipReason !== undefined)(
           yield* expectClean
         }))
 
+      it.scoped("reconciliation puts back a rule someone removed and one someone changed; traffic flows again", () =>
+        Effect.gen(function*() {
+          const { net, router, startBridge } = yield* BridgeLab
+          yield* startBridge("--reconcile-interval", "1s")
+          yield* NetworkLab.echoServer(net.lan, "tcp", 44700)
+          yield* natpmpcMap("tcp", 48700, 44700, 600)
+          const send = (payload: string) => NetworkLab.sendAndReceive(net.inet, "tcp", net.ext.gateway, 48700, payload)
+          const theRule = (state: { readonly natRules: ReadonlyArray<RouterOsSimulator.Row> }) =>
+            ownRules(state.natRules)[0]
+          const original = theRule(yield* router.waitFor((s) => ownRules(s.natRules).length === 1, "the rule"))
+          expect(yield* send("before")).toBe("echo before")
+
+          // someone removes it: the bridge creates it again
+          yield* router.removeNatRule(original[".id"])
+          const recreated = theRule(yield* router.waitFor((s) => ownRules(s.natRules).length === 1, "a new rule"))
+          expect(recreated).toMatchObject({ "dst-port": "44700", "to-addresses": net.home.client, "to-ports": "44700" })
+          expect(yield* send("recreated")).toBe("echo recreated")
+
+          // someone points it elsewhere: the bridge sets it back
+          yield* router.setNatRule(recreated[".id"], { "to-addresses": "10.0.0.99" })
+          const fixed = yield* router.waitFor(
+            (s) => theRule(s)?.["to-addresses"] === net.home.client,
+            "the rule set back"
+          )
+          expect(theRule(fixed)[".id"]).toBe(recreated[".id"])
+          expect(yield* send("fixed")).toBe("echo fixed")
+
+          yield* natpmpcMap("tcp", 0, 44700, 0)
+          yield* expectClean
+        }))
+
       it.scoped(
         "after miniupnpd restarts (VPN state loss) the bridge maps upstream again, traffic flows, the LAN is told",
         () =>

@@ -24,6 +24,7 @@ export interface RouterAgentOptions {
 /** What the agent reads on stdin: changes of the NAT table made by someone else than the bridge. */
 export type RouterAgentCommand =
   | { readonly op: "addNatRule"; readonly row: RouterOsSimulator.Row }
+  | { readonly op: "setNatRule"; readonly id: string; readonly patch: RouterOsSimulator.Row }
   | { readonly op: "removeNatRule"; readonly id: string }
 
 /** What the agent writes on stdout. */
@@ -68,7 +69,11 @@ const main = (options: RouterAgentOptions) =>
       if (line.trim() === "") continue
       const command = JSON.parse(line) as RouterAgentCommand
       // the change is reported by onNatChange
-      yield* command.op === "addNatRule" ? simulator.addNatRule(command.row) : simulator.removeNatRule(command.id)
+      yield* command.op === "addNatRule"
+        ? simulator.addNatRule(command.row)
+        : command.op === "setNatRule"
+        ? simulator.setNatRule(command.id, command.patch)
+        : simulator.removeNatRule(command.id)
     }
   })
 
