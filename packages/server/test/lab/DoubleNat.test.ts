@@ -442,6 +442,7 @@ describe.skipIf(skipReason !== undefined)(
           // someone removes it: the bridge creates it again
           yield* router.removeNatRule(original[".id"])
           const recreated = theRule(yield* router.waitFor((s) => ownRules(s.natRules).length === 1, "a new rule"))
+          expect(recreated[".id"]).not.toBe(original[".id"])
           expect(recreated).toMatchObject({ "dst-port": "44700", "to-addresses": net.home.client, "to-ports": "44700" })
           expect(yield* send("recreated")).toBe("echo recreated")
 
