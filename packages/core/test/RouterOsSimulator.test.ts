@@ -3,6 +3,7 @@ import { RouterOsClient, RouterOsProtocol } from "@natpmp-bridge/core"
 import { RouterOsSimulator } from "@natpmp-bridge/core/testing"
 import * as Effect from "effect/Effect"
 import * as FastCheck from "effect/FastCheck"
+import * as Option from "effect/Option"
 import * as Net from "node:net"
 
 /** A bare API session: sends sentences, collects reply sentences and notices the close. */
@@ -303,5 +304,43 @@ describe("RouterOsSimulator", () => {
       })
       const v7 = yield* start(RouterOsSimulator.vpnRouterV7())
       expect((yield* v7.routes).every((r) => /^\*[0-9A-F]+$/.test(r[".id"]))).toBe(true)
+    }))
+})
+
+describe("RouterOsSimulator onNatChange", () => {
+  it.scopedLive("sees the whole table at start and after each change; replies wait for it and keep their order", () =>
+    Effect.gen(function*() {
+      const seen: Array<ReadonlyArray<string>> = []
+      let busy = false
+      const sim = yield* start({
+        natRules: [{ chain: "dstnat", action: "accept", comment: "seed" }],
+        onNatChange: (rules) =>
+          Effect.gen(function*() {
+            expect(busy).toBe(false) // one call at a time
+            busy = true
+            yield* Effect.sleep("30 millis")
+            seen.push(rules.map((rule) => rule.comment ?? ""))
+            busy = false
+          })
+      })
+      expect(seen).toStrictEqual([["seed"]])
+      const client = yield* clientFor(sim)
+      const add = (comment: string) =>
+        client.command("/ip/firewall/nat/add", { attributes: { chain: "dstnat", action: "accept", comment } })
+      const added = yield* add("a")
+      // answered only once the backend has the rule
+      expect(seen).toStrictEqual([["seed"], ["seed", "a"]])
+      // a print sent right behind a change is answered after it; a failed command does not call the backend
+      const [, printed, failed] = yield* Effect.all([
+        add("b"),
+        client.command("/ip/firewall/nat/print"),
+        Effect.flip(client.command("/ip/firewall/nat/remove", { attributes: { ".id": "*FFF" } }))
+      ], { concurrency: "unbounded" })
+      expect(printed.rows.map((row) => row["comment"])).toStrictEqual(["seed", "a", "b"])
+      expect(failed._tag).toBe("RouterOsTrapError")
+      expect(seen).toStrictEqual([["seed"], ["seed", "a"], ["seed", "a", "b"]])
+      yield* client.command("/ip/firewall/nat/remove", { attributes: { ".id": Option.getOrElse(added.ret, () => "") } })
+      yield* sim.setNatRule("*1A", { comment: "seed2" })
+      expect(seen.slice(3)).toStrictEqual([["seed", "b"], ["seed2", "b"]])
     }))
 })

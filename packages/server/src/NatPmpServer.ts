@@ -8,12 +8,12 @@
  *   {@link MappingService} within its request timeout.
  * - Announcements (10 packets, 250 ms doubling) go out from the server's socket on start and whenever the mapping
  *   state is reset; to a multicast target on the internal interfaces only (RFC 6886 §3.2.1): out of each local
- *   interface with an address among the allowed clients' networks (or the bound address), never by the default route,
- *   which leads to the VPN.
+ *   interface whose network overlaps the allowed clients' networks (or the bound address's), never by the default
+ *   route, which leads to the VPN.
  *
  * @since 0.1.0
  */
-import { NatPmpMessage, UdpSocket as Udp } from "@natpmp-bridge/core"
+import { Ipv4, NatPmpMessage, UdpSocket as Udp } from "@natpmp-bridge/core"
 import * as Clock from "effect/Clock"
 import * as Context from "effect/Context"
 import * as Data from "effect/Data"
@@ -216,13 +216,20 @@ export const make = (
     ))
 
     // A multicast announcement leaves once per internal interface: the bound address's, or each local interface
-    // whose address an allowed client could have. Without such an interface, by the routing table (the default).
+    // whose network overlaps an allowed network (its clients are there). Without one, by the routing table.
+    const isInternal = (cidr: string | null): boolean => {
+      const parsed = cidr === null ? undefined : Ipv4.parseCidr(cidr)
+      return parsed !== undefined && policy.allowedNetworks.some((allowed) => {
+        const prefix = Math.min(allowed.prefix, parsed.prefix)
+        return Ipv4.network(allowed.base, prefix) === Ipv4.network(parsed.address, prefix)
+      })
+    }
     const internalAddresses = (): ReadonlyArray<string> =>
       local.address !== "0.0.0.0"
         ? [local.address]
         : Object.values(Os.networkInterfaces()).flatMap((infos) =>
           (infos ?? []).flatMap((info) =>
-            info.family === "IPv4" && !info.internal && policy.isAllowed(info.address) ? [info.address] : []
+            info.family === "IPv4" && !info.internal && isInternal(info.cidr) ? [info.address] : []
           )
         )
     const sendAnnouncement = (bytes: Uint8Array, to: { readonly address: string; readonly port: number }) =>

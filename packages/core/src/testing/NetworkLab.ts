@@ -14,6 +14,9 @@
  *   default via 10.a.b.1
  * ```
  *
+ * {@link doubleNatLab} puts a router between that gateway and a LAN (the bridge's topology: LAN client, router, VPN
+ * gateway, internet). {@link echoServer} and {@link sendAndReceive} carry test traffic across them.
+ *
  * Traffic goes only to these namespaces' addresses. Timers use the live clock, so the helpers also work inside
  * tests that run on the `TestClock`.
  *

@@ -7,7 +7,8 @@
  * `/cancel`, `/quit`, `.tag`, `.proplist`, the `?` query language (`?name`, `?-name`, `?name=v`,
  * `?<name=v`, `?>name=v`, `?#` stack operations) and `!empty` (RouterOS 7.18+, switchable).
  * Faults: drop a connection, delay replies, reject logins, answer `!fatal`, answer `!trap` to one command,
- * stop the service (connections refused) and start it again on the same port.
+ * stop the service (connections refused) and start it again on the same port. An `onNatChange` backend can make
+ * the NAT table real (e.g. nftables rules in a network namespace: `NftDstNat`).
  *
  * Any bytes a client sends are tolerated: a protocol violation is answered with `!fatal` and
  * that connection is closed.
@@ -1046,7 +1047,8 @@ export const make = (options?: Options): Effect.Effect<Simulator, RouterOsSimula
         Effect.catchAllCause((cause) => Effect.logWarning("RouterOS simulator: the NAT backend failed", cause))
       )
       state.natChanged = () => {
-        last = last.then(() => Runtime.runPromise(runtime, apply))
+        // never rejected (an interrupted run included), so the replies waiting for it always leave
+        last = last.then(() => Runtime.runPromise(runtime, apply)).catch(() => {})
         return last
       }
       yield* Effect.promise(() => state.natChanged()!)

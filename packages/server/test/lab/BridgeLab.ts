@@ -15,7 +15,7 @@ import * as SubscriptionRef from "effect/SubscriptionRef"
 import * as Esbuild from "esbuild"
 import * as Path from "node:path"
 import * as Url from "node:url"
-import type { RouterAgentMessage, RouterAgentOptions } from "./routerAgent.js"
+import type { RouterAgentCommand, RouterAgentMessage, RouterAgentOptions } from "./routerAgent.js"
 
 const here = Path.dirname(Url.fileURLToPath(import.meta.url))
 const sources = (pkg: string, entry: string) => Path.join(here, "..", "..", "..", pkg, "src", entry)
@@ -63,6 +63,14 @@ export interface RouterAgent {
   readonly port: number
   readonly password: string
   readonly state: Effect.Effect<RouterState>
+  /** Adds a NAT rule as someone else than the bridge would (it must carry a unique comment); returns its id. */
+  readonly addNatRule: (
+    row: RouterOsSimulator.Row & { readonly comment: string }
+  ) => Effect.Effect<string, NetworkLab.NetworkLabError>
+  /** Changes a NAT rule (as someone else than the bridge would) and waits until the change is in effect. */
+  readonly setNatRule: (id: string, patch: RouterOsSimulator.Row) => Effect.Effect<void, NetworkLab.NetworkLabError>
+  /** Removes a NAT rule by id. */
+  readonly removeNatRule: (id: string) => Effect.Effect<void, NetworkLab.NetworkLabError>
   /** Waits until the reported state satisfies `predicate` (default 5 s); fails naming `what`. */
   readonly waitFor: (
     predicate: (state: RouterState) => boolean,
@@ -126,26 +134,51 @@ export const startRouterAgent = (
     yield* Effect.forkScoped(
       Effect.forever(Effect.flatMap(Queue.take(agent.lines), (line) => apply(JSON.parse(line) as RouterAgentMessage)))
     )
+    const waitFor = (
+      predicate: (state: RouterState) => boolean,
+      what: string,
+      timeout: Duration.DurationInput = Duration.seconds(5)
+    ) =>
+      state.changes.pipe(
+        Stream.filter(predicate),
+        Stream.runHead,
+        Effect.flatten,
+        Effect.timeout(timeout),
+        Effect.catchAll(() =>
+          Effect.flatMap(SubscriptionRef.get(state), (last) =>
+            Effect.fail(
+              new NetworkLab.NetworkLabError({
+                reason: `the router never showed ${what} within ${Duration.format(Duration.decode(timeout))}; ` +
+                  `last state: ${JSON.stringify(last)}`
+              })
+            ))
+        )
+      )
+    const send = (command: RouterAgentCommand) => agent.write(JSON.stringify(command) + "\n")
     return {
       process: agent,
       port,
       password: options.password,
       state: SubscriptionRef.get(state),
-      waitFor: (predicate, what, timeout = Duration.seconds(5)) =>
-        state.changes.pipe(
-          Stream.filter(predicate),
-          Stream.runHead,
-          Effect.flatten,
-          Effect.timeout(timeout),
-          Effect.catchAll(() =>
-            Effect.flatMap(SubscriptionRef.get(state), (last) =>
-              Effect.fail(
-                new NetworkLab.NetworkLabError({
-                  reason: `the router never showed ${what} within ${Duration.format(Duration.decode(timeout))}; ` +
-                    `last state: ${JSON.stringify(last)}`
-                })
-              ))
-          )
+      waitFor,
+      addNatRule: (row) =>
+        send({ op: "addNatRule", row }).pipe(
+          Effect.zipRight(waitFor((s) => s.natRules.some((r) => r.comment === row.comment), `rule "${row.comment}"`)),
+          Effect.map((s) => s.natRules.find((r) => r.comment === row.comment)![".id"])
+        ),
+      setNatRule: (id, patch) =>
+        send({ op: "setNatRule", id, patch }).pipe(
+          Effect.zipRight(waitFor((s) =>
+            s.natRules.some((r) =>
+              r[".id"] === id && Object.entries(patch).every(([key, value]) => (r[key] ?? "") === value)
+            ), `rule ${id} changed`)),
+          Effect.asVoid
+        ),
+      removeNatRule: (id) =>
+        send({ op: "removeNatRule", id }).pipe(
+          Effect.zipRight(waitFor((s) =>
+            !s.natRules.some((r) => r[".id"] === id), `no rule ${id}`)),
+          Effect.asVoid
         )
     }
   })
