@@ -63,6 +63,9 @@ const hex = (bytes: Uint8Array, max = 64) =>
   Buffer.from(bytes.buffer, bytes.byteOffset, Math.min(bytes.byteLength, max)).toString("hex") +
   (bytes.byteLength > max ? `…(${bytes.byteLength} bytes)` : "")
 
+/** A message must be one printable line (no control characters or line separators from the peer). */
+const unprintable = /[\u0000-\u001f\u007f-\u009f\u2028\u2029]/
+
 const describe = (error: unknown) => error instanceof Error ? `${error.name}: ${error.message}` : String(error)
 
 // -----------------------------------------------------------------------------
@@ -223,8 +226,8 @@ const decodeChunks = (
         const failure: unknown = result.left
         if (!(failure instanceof RouterOsProtocolError) || result.left._tag !== "RouterOsProtocolError") {
           collector.add(`decoder failed with an untyped error ${describe(failure)} on ${hex(input)}`)
-        } else if (result.left.message.includes("\n")) {
-          collector.add(`multi-line error message: ${JSON.stringify(result.left.message)}`)
+        } else if (unprintable.test(result.left.message)) {
+          collector.add(`error message not on one printable line: ${JSON.stringify(result.left.message)}`)
         }
         error ??= result.left.reason
         if (error !== result.left.reason) collector.add(`a failed decoder changed its error on ${hex(input)}`)
@@ -440,6 +443,11 @@ const ROUTEROS_ERRORS = new Set([
   "RouterOsLoginError"
 ])
 
+/** A router message meant to break a log line or a terminal (line breaks, escape sequences). */
+const hostileText = (rng: Prng): string =>
+  randomText(rng, rng.int(8)) + rng.pick(["\n", "\r\n", "\u001b[2J", "\u0000", "\u2028", ""]) +
+  randomText(rng, rng.int(8))
+
 /** What the hostile server sends in answer to the command tagged `tag`. */
 const hostileAnswer = (rng: Prng, tag: string): { readonly bytes: Uint8Array; readonly close: boolean } => {
   const valid = [
@@ -463,10 +471,10 @@ const hostileAnswer = (rng: Prng, tag: string): { readonly bytes: Uint8Array; re
         break
       }
       case 3:
-        parts.push(RouterOsProtocol.encodeSentence(["!trap", `=message=${randomText(rng, 8)}`, `.tag=${tag}`]))
+        parts.push(RouterOsProtocol.encodeSentence(["!trap", `=message=${hostileText(rng)}`, `.tag=${tag}`]))
         break
       case 4:
-        parts.push(RouterOsProtocol.encodeSentence(["!fatal", randomText(rng, 8)]))
+        parts.push(RouterOsProtocol.encodeSentence(["!fatal", hostileText(rng)]))
         break
       case 5:
         parts.push(RouterOsProtocol.encodeSentence(["!empty", `.tag=${tag}`]))
@@ -568,7 +576,9 @@ export const fuzzRouterOsClient = (rounds: number, seed: number) =>
         } else {
           const error = failure.value
           if (!ROUTEROS_ERRORS.has(error._tag)) collector.add(`round ${round}: untyped failure ${describe(error)}`)
-          else if (error.message.includes("\n")) collector.add(`round ${round}: multi-line message ${error.message}`)
+          else if (unprintable.test(error.message)) {
+            collector.add(`round ${round}: message not on one printable line: ${error.message}`)
+          }
           collector.count(error._tag)
         }
       }
@@ -757,7 +767,9 @@ export const fuzzNatPmpClient = (rounds: number, seed: number) =>
           collector.add(`round ${round}: untyped failure ${describe(error)}`)
           continue
         }
-        if (error.message.includes("\n")) collector.add(`round ${round}: multi-line message ${error.message}`)
+        if (unprintable.test(error.message)) {
+          collector.add(`round ${round}: message not on one printable line: ${error.message}`)
+        }
         collector.count(error._tag)
       } else {
         collector.count("succeeded")
