@@ -342,6 +342,8 @@ export interface Summary {
   readonly heapAfter: number
   readonly heapBound: number
   readonly seconds: number
+  /** CPU seconds the process used during phase H (bridge and fuzzer share the thread). */
+  readonly cpuSeconds: number
   readonly rate: number
   readonly violations: ReadonlyArray<string>
 }
@@ -372,7 +374,8 @@ export const formatSummary = (s: Summary): string =>
   `upstream(mapping phase, ${s.mappingSteps} steps)=vpn ${s.upstreamMapping.vpn}/${s.upstreamMapping.expectedVpn} ` +
   `router ${s.upstreamMapping.router}/${s.upstreamMapping.expectedRouter} ` +
   `heap=${mib(s.heapBefore)}→${mib(s.heapAfter)} (bound +${mib(s.heapBound)}) ` +
-  `rate=${Math.round(s.rate)} datagrams/s (${s.seconds.toFixed(1)} s) seed=${s.seed}` +
+  `rate=${Math.round(s.rate)} datagrams/s (${s.seconds.toFixed(1)} s, cpu ${s.cpuSeconds.toFixed(1)} s) ` +
+  `seed=${s.seed}` +
   (s.violations.length > 0 ? ` VIOLATIONS=${s.violations.length}` : "")
 
 const setImmediatePromise = () => new Promise<void>((resolve) => setImmediate(resolve))
@@ -527,7 +530,12 @@ const runPhases = (options: Options, logged: { errors: number; first: Array<stri
           if (sent >= nextReport) {
             nextReport += 100_000
             const seconds = (Date.now() - started) / 1000
-            progress(`  ${sent} datagrams, ${Math.round(sent / seconds)}/s, ${counts.checked} replies checked`)
+            const cpu = process.cpuUsage(cpuStart)
+            const cpuSeconds = (cpu.user + cpu.system) / 1e6
+            progress(
+              `  ${sent} datagrams, ${Math.round(sent / seconds)}/s (cpu ${cpuSeconds.toFixed(1)} s), ` +
+                `${counts.checked} replies checked`
+            )
           }
           await setImmediatePromise()
         }
@@ -548,12 +556,15 @@ const runPhases = (options: Options, logged: { errors: number; first: Array<stri
     })
 
     started = Date.now()
+    const cpuStart = process.cpuUsage()
     yield* sendPhase(warmup)
     yield* drain
     heapBefore = heapAfterGc()
     yield* sendPhase(options.count)
     yield* drain
     const seconds = (Date.now() - started) / 1000
+    const cpu = process.cpuUsage(cpuStart)
+    const cpuSeconds = (cpu.user + cpu.system) / 1e6
     const after = yield* upstream
     const upstreamHostile = { vpn: after.vpn - before.vpn, router: after.router - before.router }
     // the bridge refreshes the VPN public address on a timer (5 s after start, then every 6 h here)
@@ -604,6 +615,7 @@ const runPhases = (options: Options, logged: { errors: number; first: Array<stri
       heapAfter,
       heapBound,
       seconds,
+      cpuSeconds,
       rate: sent / seconds,
       violations
     } satisfies Summary
