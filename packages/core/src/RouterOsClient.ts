@@ -39,6 +39,20 @@ export {
 // Errors
 // -----------------------------------------------------------------------------
 
+/** Text from the router on one printable line: control characters and line separators are escaped. */
+const printable = (text: string): string =>
+  text.replace(
+    /[\u0000-\u001f\u007f-\u009f\u2028\u2029]/g,
+    (c) =>
+      c === "\n"
+        ? "\\n"
+        : c === "\r"
+        ? "\\r"
+        : c === "\t"
+        ? "\\t"
+        : `\\u${c.charCodeAt(0).toString(16).padStart(4, "0")}`
+  )
+
 /**
  * The router answered a command with `!trap`. `reason` is the router's message
  * (e.g. `no such item`), `category` its trap category when given.
@@ -52,7 +66,7 @@ export class RouterOsTrapError extends Data.TaggedError("RouterOsTrapError")<{
   readonly category: number | undefined
 }> {
   override get message(): string {
-    return `RouterOS ${this.path} failed: ${this.reason}`
+    return `RouterOS ${this.path} failed: ${printable(this.reason)}`
   }
 }
 
@@ -66,7 +80,7 @@ export class RouterOsFatalError extends Data.TaggedError("RouterOsFatalError")<{
   readonly reason: string
 }> {
   override get message(): string {
-    return `RouterOS closed the API session: ${this.reason || "fatal error"}`
+    return `RouterOS closed the API session: ${printable(this.reason) || "fatal error"}`
   }
 }
 
@@ -82,7 +96,7 @@ export class RouterOsLoginError extends Data.TaggedError("RouterOsLoginError")<{
   readonly reason: string
 }> {
   override get message(): string {
-    return `RouterOS login as "${this.user}" failed: ${this.reason}`
+    return `RouterOS login as "${printable(this.user)}" failed: ${printable(this.reason)}`
   }
 }
 

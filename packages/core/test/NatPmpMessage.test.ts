@@ -3,6 +3,8 @@ import { NatPmpMessage } from "@natpmp-bridge/core"
 import * as Either from "effect/Either"
 import * as FastCheck from "effect/FastCheck"
 import * as Schema from "effect/Schema"
+import { fuzzNatPmpDecode } from "../fuzz/CoreFuzz.js"
+import { parseSeed } from "../fuzz/Prng.js"
 
 const {
   classifyDatagram,
@@ -155,6 +157,15 @@ describe("NatPmpMessage", () => {
       expect(Either.isEither(decodeRequest(input))).toBe(true)
       expect(Either.isEither(decodeResponse(input))).toBe(true)
     }, { fastCheck: { numRuns: 2000 } })
+
+    // `npm run fuzz` runs the same fuzzer on 2,000,000 datagrams
+    it("fuzz: the codecs accept exactly the RFC-valid datagrams and decode them to their bytes", () => {
+      const seed = parseSeed(process.env.FUZZ_SEED)
+      const report = fuzzNatPmpDecode(50_000, seed)
+      expect(report.violations, `seed ${seed}`).toEqual([])
+      expect(report.counts.validResponses).toBeGreaterThan(1000)
+      expect(report.counts.validRequests).toBeGreaterThan(1000)
+    })
 
     it.prop("random bytes at an offset inside a larger buffer decode like a copy", [
       FastCheck.uint8Array({ minLength: 4, maxLength: 40 })

@@ -368,6 +368,36 @@ describe("RouterOsClient", () => {
       expect(error.message).toContain("reserved control byte 0xF8")
     }))
 
+  it.scopedLive("router messages with line breaks or escape sequences give one-line, printable error messages", () =>
+    Effect.gen(function*() {
+      const hostile = "line one\nline two\r\u001b[2J\u2028end"
+      const enc = RouterOsProtocol.encodeSentence
+      const { port } = yield* rawServer((words, tag) =>
+        words[0] === "/trap"
+          ? Buffer.concat([enc(["!trap", `=message=${hostile}`, `.tag=${tag}`]), enc(["!done", `.tag=${tag}`])])
+          : enc(["!fatal", hostile])
+      )
+      const client = yield* RouterOsClient.make({
+        host: "127.0.0.1",
+        port,
+        user: "api",
+        password: Redacted.make(PASSWORD),
+        reconnect: false
+      })
+      const trap = yield* client.command("/trap").pipe(Effect.flip)
+      const fatal = yield* client.command("/fatal").pipe(Effect.flip)
+      expect(trap._tag).toBe("RouterOsTrapError")
+      expect(fatal._tag).toBe("RouterOsFatalError")
+      for (const error of [trap, fatal]) {
+        expect(error.message).not.toMatch(/[\u0000-\u001f\u007f-\u009f\u2028\u2029]/)
+        expect(error.message).toContain("line one\\nline two\\r\\u001b[2J\\u2028end")
+      }
+      // the structured reason keeps the router's text as sent
+      expect(trap._tag === "RouterOsTrapError" && trap.reason).toBe(hostile)
+      const login = new RouterOsClient.RouterOsLoginError({ user: "a\nb", reason: "bad\r\npassword" })
+      expect(login.message).toBe("RouterOS login as \"a\\nb\" failed: bad\\r\\npassword")
+    }))
+
   it.scopedLive("fails in-flight and later commands once the client's scope is closed", () =>
     Effect.gen(function*() {
       const sim = yield* startSimulator()

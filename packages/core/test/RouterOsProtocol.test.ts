@@ -3,6 +3,8 @@ import { RouterOsProtocol } from "@natpmp-bridge/core"
 import * as Either from "effect/Either"
 import * as FastCheck from "effect/FastCheck"
 import * as Schema from "effect/Schema"
+import { fuzzRouterOsDecoder } from "../fuzz/CoreFuzz.js"
+import { parseSeed } from "../fuzz/Prng.js"
 
 const {
   commandWords,
@@ -188,6 +190,15 @@ describe("RouterOsProtocol", () => {
       scratch.fill(0xFF)
       decoder.push(stream.subarray(4))
       expect(out).toEqual([["!re", "=a=b"]])
+    })
+
+    // `npm run fuzz` runs the same fuzzer on 100,000 streams
+    it("fuzz: random and mutated streams in random chunkings never throw, decode the same however chunked", () => {
+      const seed = parseSeed(process.env.FUZZ_SEED)
+      const report = fuzzRouterOsDecoder(1_500, seed)
+      expect(report.violations, `seed ${seed}`).toEqual([])
+      expect(report.counts.rejected).toBeGreaterThan(0)
+      expect(report.counts.valid).toBeGreaterThan(0)
     })
 
     it("stays failed after a protocol error and enforces the word limit", () => {
