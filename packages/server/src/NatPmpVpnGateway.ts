@@ -93,6 +93,8 @@ export const fromClient = (
       Effect.gen(function*() {
         const known = Option.isSome(yield* Ref.get(cached))
         yield* Effect.sleep(known ? refreshInterval : retryInterval)
+        // learnt meanwhile (the start-up read, an announcement): the next read is a whole refresh interval away
+        if (!known && Option.isSome(yield* Ref.get(cached))) return
         yield* refreshPublicAddress.pipe(
           Effect.catchAll((error) => Effect.logWarning(`cannot read the VPN public address: ${error.message}`))
         )
