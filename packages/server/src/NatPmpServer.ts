@@ -19,7 +19,9 @@ import * as FiberSet from "effect/FiberSet"
 import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
 import * as Queue from "effect/Queue"
+import * as Runtime from "effect/Runtime"
 import type * as Scope from "effect/Scope"
+import type * as Dgram from "node:dgram"
 import * as Announcer from "./Announcer.js"
 import { ClientPolicy, normalizeAddress } from "./ClientPolicy.js"
 import { MappingService } from "./MappingService.js"
@@ -83,27 +85,75 @@ export const make = (
     const handlers = yield* FiberSet.make<void, never>()
     const maxConcurrent = options.maxConcurrentRequests ?? 1024
     let active = 0
+    const runtime = yield* Effect.runtime<never>()
+    const runSync = Runtime.runSync(runtime)
+    const runFork = Runtime.runFork(runtime)
 
+    /** Hands an answer to the kernel without waiting for the send (counted as answered unless it fails). */
+    const sendAnswer = (socket: Dgram.Socket, bytes: Uint8Array, to: Udp.Datagram) => {
+      stats.answered++
+      Udp.unsafeSend(socket, bytes, to, (error) => {
+        stats.answered--
+        runFork(
+          Effect.logDebug(`answer not sent: ${error.message}`).pipe(
+            Effect.annotateLogs({ service: "NatPmpServer", client: to.address, clientPort: to.port })
+          )
+        )
+      })
+    }
+
+    // Op 0 is answered from the cached address and the epoch, both read synchronously: the last answer's bytes are
+    // reused while neither changes.
+    const publicAddressState = Effect.all([mapping.publicAddress, mapping.epoch])
+    let lastAnswer: { readonly address: Option.Option<string>; readonly epoch: number; readonly bytes: Uint8Array } = {
+      address: Option.none(),
+      epoch: -1,
+      bytes: new Uint8Array(0)
+    }
+    const publicAddressAnswer = (): Uint8Array => {
+      const [address, epoch] = runSync(publicAddressState)
+      if (epoch !== lastAnswer.epoch || Option.getOrUndefined(address) !== Option.getOrUndefined(lastAnswer.address)) {
+        lastAnswer = {
+          address,
+          epoch,
+          bytes: NatPmpMessage.encodeResponse({
+            _tag: "PublicAddressResponse",
+            resultCode: Option.isSome(address)
+              ? NatPmpMessage.ResultCode.Success
+              : NatPmpMessage.ResultCode.NetworkFailure,
+            epoch,
+            publicAddress: Option.getOrElse(address, () => "0.0.0.0")
+          })
+        }
+      }
+      return lastAnswer.bytes
+    }
+
+    let opened: Dgram.Socket | undefined = undefined
     const socket = yield* Udp.open(
       { address: options.address ?? "0.0.0.0", port: options.port ?? NatPmpMessage.ServerPort },
       (received) => {
         // errors (ICMP errors for answers to vanished clients): nothing to do
-        if (received._tag === "Datagram") {
-          incoming.unsafeOffer(received)
+        if (received._tag !== "Datagram") return
+        // the common request, op 0 from an allowed client, is answered right here, without a fiber; everything
+        // else (and a datagram arriving before the socket is known) goes through the queue
+        const bytes = received.bytes
+        if (
+          opened !== undefined && bytes.length >= 2 && bytes[0] === NatPmpMessage.Version &&
+          bytes[1] === NatPmpMessage.Opcode.PublicAddress && policy.isAllowed(received.address)
+        ) {
+          stats.received++
+          sendAnswer(opened, publicAddressAnswer(), received)
+          return
         }
+        incoming.unsafeOffer(received)
       }
     ).pipe(Effect.mapError((error) => new NatPmpServerError({ reason: error.message, cause: error })))
+    opened = socket
     const local = Udp.localAddress(socket)
 
     const reply = (response: NatPmpMessage.Response, to: Udp.Datagram) =>
-      Udp.send(socket, NatPmpMessage.encodeResponse(response), to).pipe(
-        Effect.tap(() =>
-          Effect.sync(() => {
-            stats.answered++
-          })
-        ),
-        Effect.catchAll((error) => Effect.logDebug(`answer not sent: ${error.message}`))
-      )
+      Effect.sync(() => sendAnswer(socket, NatPmpMessage.encodeResponse(response), to))
 
     const serve = (datagram: Udp.Datagram, client: string) =>
       Effect.gen(function*() {
