@@ -27,6 +27,7 @@ import * as Ref from "effect/Ref"
 import type * as Scope from "effect/Scope"
 import * as Stream from "effect/Stream"
 import * as SubscriptionRef from "effect/SubscriptionRef"
+import * as FifoLock from "./internal/FifoLock.js"
 import * as NatPmpMessage from "./NatPmpMessage.js"
 import * as Udp from "./UdpSocket.js"
 
@@ -251,7 +252,7 @@ export const make = (options: Options): Effect.Effect<Service, NatPmpSocketError
     const events = yield* PubSub.unbounded<GatewayEvent>()
     const lastEpoch = yield* Ref.make(Option.none<EpochMark>())
     const lastPublicAddress = yield* Ref.make(Option.none<string>())
-    const serial = yield* Effect.makeSemaphore(1)
+    const serial = FifoLock.make()
 
     // RFC 6886 §3.6: the epoch must advance by at least 7/8 of the local time elapsed, within 2 s.
     const observeEpoch = (epoch: number) =>
@@ -351,7 +352,7 @@ export const make = (options: Options): Effect.Effect<Service, NatPmpSocketError
           attempts: maxAttempts,
           elapsed
         })
-      }).pipe(serial.withPermits(1))
+      }).pipe(serial.withLock)
 
     const resultError = (request: NatPmpMessage.Request, response: NatPmpMessage.Response) =>
       new NatPmpResultError({ gateway: label, opcode: opcodeOfRequest(request), resultCode: response.resultCode })
