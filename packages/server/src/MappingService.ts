@@ -255,7 +255,15 @@ export const make = (
 
     const resets = yield* Effect.acquireRelease(PubSub.unbounded<StateReset>(), PubSub.shutdown)
     const wake = yield* Queue.sliding<void>(1)
-    const notify = Effect.sync(() => wake.unsafeOffer(undefined))
+    /**
+     * When the expiry fiber looks at the leases next: while it sleeps, the earliest expiry it knows of (infinity
+     * when there is no lease); -infinity while it is busy. Only a lease expiring before that needs to wake it.
+     */
+    let expiryCheckAt = Number.NEGATIVE_INFINITY
+    const notify = (expiresAt: number) =>
+      Effect.sync(() => {
+        if (expiresAt < expiryCheckAt) wake.unsafeOffer(undefined)
+      })
 
     const epoch = Effect.map(Clock.currentTimeMillis, (now) => Math.max(0, Math.floor((now - epochStart) / 1000)))
 
@@ -278,7 +286,7 @@ export const make = (
           leases.set(key, lease)
           upstreamPorts.set(upstreamKey(lease.protocol, lease.upstreamPort), key)
         }),
-        notify
+        notify(lease.expiresAt)
       )
 
     const releaseUpstream = (protocol: Protocol, port: number, key: string) =>
@@ -301,8 +309,8 @@ export const make = (
     const dropLeases = (dropped: ReadonlyArray<readonly [string, Lease]>, why: string) =>
       Effect.gen(function*() {
         if (dropped.length === 0) return
+        // the expiry fiber need not wake: a removed lease at most makes it look once for nothing
         for (const [key] of dropped) leases.delete(key)
-        yield* notify
         yield* Effect.all([
           router.removeRules(dropped.map(([, lease]) => lease.ruleId)).pipe(
             Effect.catchAll((error) =>
@@ -671,14 +679,20 @@ export const make = (
     const expiryLoop = Effect.forever(Effect.gen(function*() {
       const now = yield* Clock.currentTimeMillis
       yield* expireDue(now)
+      const after = yield* Clock.currentTimeMillis
+      // from here to the wait no other fiber runs: a lease recorded later sees `expiryCheckAt` and wakes us if needed
       let next = Number.POSITIVE_INFINITY
       for (const lease of leases.values()) next = Math.min(next, lease.expiresAt)
-      const after = yield* Clock.currentTimeMillis
       if (next <= after) return
+      expiryCheckAt = next
       const waitForChange = Queue.take(wake)
-      yield* next === Number.POSITIVE_INFINITY
+      yield* (next === Number.POSITIVE_INFINITY
         ? waitForChange
-        : Effect.raceFirst(Effect.sleep(Duration.millis(next - after)), waitForChange)
+        : Effect.raceFirst(Effect.sleep(Duration.millis(next - after)), waitForChange)).pipe(
+          Effect.ensuring(Effect.sync(() => {
+            expiryCheckAt = Number.NEGATIVE_INFINITY
+          }))
+        )
     }))
 
     // -------------------------------------------------------------------------
