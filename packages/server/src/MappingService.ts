@@ -191,6 +191,19 @@ interface Answer {
   readonly lifetime: number
 }
 
+/** A caller waiting for an answer until its deadline (clock milliseconds). */
+interface Waiting {
+  readonly reply: Deferred.Deferred<Answer>
+  readonly deadline: number
+  readonly onTimeout: Answer
+}
+
+/** A request in flight for a key, and everyone waiting for its answer (retransmissions join it). */
+interface InFlight {
+  readonly signature: string
+  readonly waiters: Array<Waiting>
+}
+
 const failure = (resultCode: number): Answer => ({ resultCode, externalPort: 0, lifetime: 0 })
 const deleted: Answer = { resultCode: NatPmpMessage.ResultCode.Success, externalPort: 0, lifetime: 0 }
 
@@ -246,10 +259,15 @@ export const make = (
     /** New mappings in progress per client (quota). */
     const pendingNew = new Map<string, number>()
     /** Requests in flight per key, for coalescing retransmissions. */
-    const inFlight = new Map<
-      string,
-      Array<{ readonly signature: string; readonly answer: Deferred.Deferred<Answer> }>
-    >()
+    const inFlight = new Map<string, Array<InFlight>>()
+    /**
+     * Callers waiting for an answer, in arrival order, which is deadline order (one request timeout for all). One
+     * timekeeper fiber answers those still waiting at their deadline: far cheaper than a timeout race per request.
+     */
+    const waiting = new Set<Waiting>()
+    const requestTimeoutMillis = Duration.toMillis(requestTimeout)
+    let timekeeperIdle = true
+    const timekeeperWake = yield* Queue.sliding<void>(1)
     let epochStart = yield* Clock.currentTimeMillis
     let stopping = false
 
@@ -575,17 +593,42 @@ export const make = (
      */
     const submit = (key: string, signature: string, work: Effect.Effect<Answer>, onTimeout: Answer) =>
       Effect.gen(function*() {
-        const waiting = inFlight.get(key) ?? []
-        const joined = waiting.find((entry) => entry.signature === signature)
-        let answer: Deferred.Deferred<Answer>
+        const now = yield* Clock.currentTimeMillis
+        const waiter: Waiting = {
+          reply: Deferred.unsafeMake(FiberId.none),
+          deadline: now + requestTimeoutMillis,
+          onTimeout
+        }
+        waiting.add(waiter)
+        if (timekeeperIdle) {
+          timekeeperIdle = false
+          timekeeperWake.unsafeOffer(undefined)
+        }
+        const requests = inFlight.get(key) ?? []
+        const joined = requests.find((entry) => entry.signature === signature)
         if (joined !== undefined) {
-          answer = joined.answer
+          joined.waiters.push(waiter)
           yield* Effect.logDebug("retransmission joins the request in flight")
         } else {
-          answer = yield* Deferred.make<Answer>()
-          const entry = { signature, answer }
-          waiting.push(entry)
-          inFlight.set(key, waiting)
+          const entry: InFlight = { signature, waiters: [waiter] }
+          requests.push(entry)
+          inFlight.set(key, requests)
+          // an interrupted request (shutdown) answers nobody: its callers get their timeout answer at the deadline
+          const settle = (exit: Exit.Exit<Answer>) =>
+            Effect.sync(() => {
+              const list = inFlight.get(key)
+              if (list !== undefined) {
+                const index = list.indexOf(entry)
+                if (index >= 0) list.splice(index, 1)
+                if (list.length === 0) inFlight.delete(key)
+              }
+              if (Exit.isSuccess(exit)) {
+                for (const each of entry.waiters) {
+                  waiting.delete(each)
+                  Deferred.unsafeDone(each.reply, exit)
+                }
+              }
+            })
           yield* FiberSet.run(
             operations,
             work.pipe(
@@ -595,26 +638,33 @@ export const make = (
                   failure(NatPmpMessage.ResultCode.NetworkFailure)
                 )
               ),
-              Effect.flatMap((result) => Deferred.succeed(answer, result)),
-              Effect.ensuring(Effect.sync(() => {
-                const list = inFlight.get(key)
-                if (list === undefined) return
-                const index = list.indexOf(entry)
-                if (index >= 0) list.splice(index, 1)
-                if (list.length === 0) inFlight.delete(key)
-              })),
+              Effect.onExit(settle),
               Effect.asVoid
             )
           )
         }
-        return yield* Deferred.await(answer).pipe(
-          Effect.timeoutTo({
-            duration: requestTimeout,
-            onSuccess: (result) => result,
-            onTimeout: () => onTimeout
-          })
-        )
+        return yield* Deferred.await(waiter.reply)
       })
+
+    /** Answers the callers still waiting at their deadline with their timeout answer. */
+    const timekeeper = Effect.forever(Effect.gen(function*() {
+      const now = yield* Clock.currentTimeMillis
+      let next: number | undefined
+      for (const waiter of waiting) {
+        if (waiter.deadline > now) {
+          next = waiter.deadline
+          break
+        }
+        waiting.delete(waiter)
+        Deferred.unsafeDone(waiter.reply, Exit.succeed(waiter.onTimeout))
+      }
+      if (next === undefined) {
+        timekeeperIdle = true
+        yield* Queue.take(timekeeperWake)
+      } else {
+        yield* Effect.sleep(Duration.millis(next - now))
+      }
+    }))
 
     const handle = (client: string, request: NatPmpMessage.MapRequest): Effect.Effect<NatPmpMessage.MapResponse> =>
       Effect.gen(function*() {
@@ -888,6 +938,7 @@ export const make = (
     const upstreamEvents = yield* vpn.subscribe
     yield* Effect.forkScoped(Effect.forever(Effect.flatMap(Queue.take(upstreamEvents), onUpstreamEvent)))
     yield* Effect.forkScoped(expiryLoop.pipe(Effect.annotateLogs({ task: "expiry" })))
+    yield* Effect.forkScoped(timekeeper)
     yield* Effect.forkScoped(Effect.forever(
       Effect.zipRight(
         Effect.sleep(reconcileInterval),
