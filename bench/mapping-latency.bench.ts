@@ -11,6 +11,9 @@
  * the bridge's: VPN map, dstnat print, rule add (then rule remove and VPN unmap, untimed). The latency added by the
  * bridge is the client-observed percentile minus the direct one (p50 and p99).
  *
+ * Also reported: the CPU time the bridge adds per new mapping + delete (the child's CPU through the bridge minus its
+ * CPU doing the same upstream work directly), steadier than latencies on a loaded machine.
+ *
  * Round trips come from the router simulator's command log: one new mapping, its renewal, its delete, and one
  * reconciliation pass with 1,000 rules of someone else on the router.
  */
@@ -29,8 +32,7 @@ const TIMEOUT_MS = 3000
 const child = await start(
   viteNode("bench/support/bridge-process.ts", [
     JSON.stringify({ allowedClients: ["127.0.0.16/28"], clientQuota: 1000 })
-  ]),
-  { quiet: true }
+  ])
 )
 const bridge: { readonly address: string; readonly port: number } = child.ready
 
@@ -105,8 +107,19 @@ const metrics: Record<string, Metric> = {}
 await throughBridge(10, 300) // warm-up of both sides
 await child.command("direct 10 300")
 for (const { concurrency, count } of LEVELS) {
+  const cpuBefore: number = await child.command("cpu")
   const bridged = await throughBridge(concurrency, count)
+  const cpuBetween: number = await child.command("cpu")
   const direct: Array<number> = await child.command(`direct ${concurrency} ${count}`)
+  const cpuAfter: number = await child.command("cpu")
+  // CPU of the child (bridge + simulators) through the bridge, minus the same upstream work done directly
+  const ownCpu = ((cpuBetween - cpuBefore) - (cpuAfter - cpuBetween)) * 1000 / count
+  console.log(`${concurrency} concurrent: the bridge's own CPU per new mapping + delete ${ownCpu.toFixed(0)} µs`)
+  metrics[`bridge_cpu_c${concurrency}`] = {
+    value: Math.round(ownCpu),
+    unit: "µs",
+    label: `CPU the bridge adds per new mapping + delete, ${concurrency} concurrent client(s)`
+  }
   for (const p of [50, 99]) {
     const observed = percentile(bridged.latencies, p)
     const upstream = percentile(direct, p)

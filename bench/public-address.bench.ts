@@ -69,7 +69,7 @@ const load = (target: Target, namespace: string | undefined): Effect.Effect<Meas
 
 const bridgeProcess = (argv: ReadonlyArray<string>) =>
   Effect.acquireRelease(
-    Effect.promise(() => start(argv, { quiet: true })),
+    Effect.promise(() => start(argv)),
     (child: Child) => Effect.promise(() => child.stop())
   )
 

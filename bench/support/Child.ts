@@ -19,33 +19,29 @@ export const viteNode = (file: string, args: ReadonlyArray<string> = []): Array<
   ...args
 ]
 
-/** A child process speaking the `READY` / `REPLY` line protocol. */
+/**
+ * A child process speaking the `READY` / `REPLY` line protocol on its standard error (its standard output, e.g. the
+ * bridge's log, goes to /dev/null: reading it would cost the measuring process CPU).
+ */
 export interface Child {
   readonly pid: number
   readonly ready: any
   /** Sends a command line, resolves with the JSON of the next `REPLY` line. */
   readonly command: (line: string) => Promise<any>
-  /** Resolves with the JSON of the next `RESULT` line. */
-  readonly result: Promise<any>
   readonly exited: Promise<number | null>
   /** Closes its standard input (it then exits), kills it if it has not exited after `wait` ms. */
   readonly stop: (wait?: number) => Promise<void>
 }
 
 /** Starts `argv` (e.g. `ip netns exec NS node …`) and waits for its `READY` line (rejects if it exits first). */
-export const start = (argv: ReadonlyArray<string>, options: { readonly quiet?: boolean } = {}): Promise<Child> =>
+export const start = (argv: ReadonlyArray<string>): Promise<Child> =>
   new Promise((resolve, reject) => {
-    const child = ChildProcess.spawn(argv[0], argv.slice(1), { stdio: ["pipe", "pipe", "pipe"] })
-    let stderr = ""
-    child.stderr.setEncoding("utf8").on("data", (chunk: string) => {
-      stderr = (stderr + chunk).slice(-8192)
-    })
+    const child = ChildProcess.spawn(argv[0], argv.slice(1), { stdio: ["pipe", "ignore", "pipe"] })
+    let other = ""
     const replies: Array<(value: any) => void> = []
-    let onResult: (value: any) => void = () => {}
-    const result = new Promise<any>((resolveResult) => onResult = resolveResult)
     const exited = new Promise<number | null>((resolveExit) => child.on("exit", (code) => resolveExit(code)))
     let ready = false
-    Readline.createInterface({ input: child.stdout }).on("line", (line) => {
+    Readline.createInterface({ input: child.stderr }).on("line", (line) => {
       if (line.startsWith("READY ")) {
         ready = true
         resolve({
@@ -56,7 +52,6 @@ export const start = (argv: ReadonlyArray<string>, options: { readonly quiet?: b
               replies.push(resolveReply)
               child.stdin.write(`${text}\n`)
             }),
-          result,
           exited,
           stop: async (wait = 5000) => {
             child.stdin.end()
@@ -67,15 +62,13 @@ export const start = (argv: ReadonlyArray<string>, options: { readonly quiet?: b
         })
       } else if (line.startsWith("REPLY ")) {
         replies.shift()?.(JSON.parse(line.slice(6)))
-      } else if (line.startsWith("RESULT ")) {
-        onResult(JSON.parse(line.slice(7)))
-      } else if (options.quiet !== true) {
-        console.log(`  | ${line}`)
+      } else {
+        other = `${other}${line}\n`.slice(-8192)
       }
     })
     child.stdin.on("error", () => {})
     void exited.then((code) => {
-      if (!ready) reject(new Error(`${argv.join(" ")} exited with ${code} before it was ready:\n${stderr}`))
+      if (!ready) reject(new Error(`${argv.join(" ")} exited with ${code} before it was ready:\n${other}`))
     })
   })
 

@@ -6,8 +6,9 @@
  *
  * Options (JSON, all optional): `listen` ("address:port", default "127.0.0.1:0"), `allowedClients` (networks,
  * default ["127.0.0.16/28"]), `clientQuota`, `logLevel` (the bridge's, default "Info" as shipped). Prints
- * `READY {"address":…,"port":…}` when the bridge answers, then reads commands, one per line on standard input, and
- * answers each with one line `REPLY <json>`:
+ * `READY {"address":…,"port":…}` on standard error when the bridge answers, then reads commands, one per line on
+ * standard input, and answers each with one line `REPLY <json>` on standard error (standard output is the bridge's
+ * log):
  *
  * - `direct <concurrency> <count>`: does the bridge's upstream work for `count` new mappings straight against the
  *   simulators (VPN map, dstnat print, rule add; then, untimed, rule remove and VPN unmap) with `concurrency`
@@ -38,7 +39,8 @@ interface Options {
 const options: Options = JSON.parse(process.argv[2] ?? "{}")
 const [listenAddress, listenPort] = (options.listen ?? "127.0.0.1:0").split(":")
 
-const reply = (value: unknown) => Effect.sync(() => process.stdout.write(`REPLY ${JSON.stringify(value)}\n`))
+// the protocol goes to standard error, the bridge's log to standard output
+const reply = (value: unknown) => Effect.sync(() => process.stderr.write(`REPLY ${JSON.stringify(value)}\n`))
 
 const main = Effect.scoped(Effect.gen(function*() {
   const harness = yield* BridgeHarness.make({
@@ -62,7 +64,7 @@ const main = Effect.scoped(Effect.gen(function*() {
   process.once("SIGTERM", () => commands.unsafeOffer(undefined))
   process.once("SIGINT", () => commands.unsafeOffer(undefined))
   yield* harness.router.resetCounters
-  console.log(`READY ${JSON.stringify({ address: harness.bridge.address, port: harness.bridge.port })}`)
+  process.stderr.write(`READY ${JSON.stringify({ address: harness.bridge.address, port: harness.bridge.port })}\n`)
 
   let nextPort = 30000
   const upstreamNew = (internalPort: number) =>
@@ -129,13 +131,6 @@ const main = Effect.scoped(Effect.gen(function*() {
           })
         }
         yield* reply({ seeded: Number(args[0]) })
-        break
-      }
-      case "forks": {
-        const g = globalThis as any
-        const forks = g.__forks ? Object.fromEntries([...g.__forks].sort((a: any, b: any) => b[1] - a[1])) : {}
-        g.__forks = new Map()
-        yield* reply(forks)
         break
       }
       case "cpu": {
