@@ -170,6 +170,13 @@ export interface Service {
   /** The cached public address of the VPN (served for op 0). */
   readonly publicAddress: Effect.Effect<Option.Option<string>>
   /**
+   * `epoch` and `publicAddress` read synchronously (for the NAT-PMP server's per-datagram answers), when the VPN
+   * gateway offers its address so.
+   */
+  readonly unsafePublicAddressState?:
+    | (() => { readonly epoch: number; readonly publicAddress: Option.Option<string> })
+    | undefined
+  /**
    * Answers a mapping request (op 1/2) of `client` (the datagram's source address) within the request timeout.
    * Never fails: failures are answered with their result code, internal port, external port 0 and lifetime 0.
    */
@@ -283,7 +290,10 @@ export const make = (
         if (expiresAt < expiryCheckAt) wake.unsafeOffer(undefined)
       })
 
-    const epoch = Effect.map(Clock.currentTimeMillis, (now) => Math.max(0, Math.floor((now - epochStart) / 1000)))
+    const epochAt = (now: number) => Math.max(0, Math.floor((now - epochStart) / 1000))
+    const epoch = Effect.map(Clock.currentTimeMillis, epochAt)
+    const clock = yield* Effect.clock
+    const unsafePublicAddress = vpn.unsafePublicAddress
 
     const specOf = (lease: Lease): RuleSpec => ({
       protocol: lease.protocol,
@@ -949,6 +959,10 @@ export const make = (
     return {
       epoch,
       publicAddress: vpn.publicAddress,
+      unsafePublicAddressState: unsafePublicAddress === undefined ? undefined : () => ({
+        epoch: epochAt(clock.unsafeCurrentTimeMillis()),
+        publicAddress: unsafePublicAddress()
+      }),
       handle,
       leases: Effect.sync(() => [...leases.values()]),
       reconcile,

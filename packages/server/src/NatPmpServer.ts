@@ -102,16 +102,17 @@ export const make = (
       })
     }
 
-    // Op 0 is answered from the cached address and the epoch, both read synchronously: the last answer's bytes are
-    // reused while neither changes.
-    const publicAddressState = Effect.all([mapping.publicAddress, mapping.epoch])
+    // Op 0 is answered from the cached address and the epoch, both read synchronously (without even a fiber when the
+    // mapping service offers them so): the last answer's bytes are reused while neither changes.
+    const publicAddressState = mapping.unsafePublicAddressState ??
+      (() => runSync(Effect.all({ publicAddress: mapping.publicAddress, epoch: mapping.epoch })))
     let lastAnswer: { readonly address: Option.Option<string>; readonly epoch: number; readonly bytes: Uint8Array } = {
       address: Option.none(),
       epoch: -1,
       bytes: new Uint8Array(0)
     }
     const publicAddressAnswer = (): Uint8Array => {
-      const [address, epoch] = runSync(publicAddressState)
+      const { epoch, publicAddress: address } = publicAddressState()
       if (epoch !== lastAnswer.epoch || Option.getOrUndefined(address) !== Option.getOrUndefined(lastAnswer.address)) {
         lastAnswer = {
           address,
