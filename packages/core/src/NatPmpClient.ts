@@ -27,6 +27,7 @@ import * as Ref from "effect/Ref"
 import type * as Scope from "effect/Scope"
 import * as Stream from "effect/Stream"
 import * as SubscriptionRef from "effect/SubscriptionRef"
+import * as FifoLock from "./internal/FifoLock.js"
 import * as NatPmpMessage from "./NatPmpMessage.js"
 import * as Udp from "./UdpSocket.js"
 
@@ -218,6 +219,12 @@ const checkLifetime = (value: number): Effect.Effect<void> =>
     ? Effect.void
     : Effect.dieMessage(`lifetime must be an integer number of seconds in 0..4294967295, got ${value}`)
 
+/** The end of a retransmission wait, posted by the client's timer. */
+interface WaitOver {
+  readonly _tag: "WaitOver"
+  readonly attempt: number
+}
+
 const opcodeOfRequest = (request: NatPmpMessage.Request): number =>
   request._tag === "PublicAddressRequest"
     ? NatPmpMessage.Opcode.PublicAddress
@@ -240,7 +247,9 @@ export const make = (options: Options): Effect.Effect<Service, NatPmpSocketError
     const initialTimeout = Duration.decode(options.initialTimeout ?? Duration.millis(250))
     const maxAttempts = Math.max(1, options.maxAttempts ?? 9)
 
-    const incoming = yield* Queue.sliding<Udp.Incoming>(256)
+    // what the socket received, and the ends of the retransmission waits (a sliding queue drops the oldest item: the
+    // latest end of a wait is never lost)
+    const incoming = yield* Queue.sliding<Udp.Incoming | WaitOver>(256)
     const socket = yield* Udp.open(
       { address: options.localAddress, connect: { address: options.gateway, port } },
       (datagram) => incoming.unsafeOffer(datagram)
@@ -251,7 +260,37 @@ export const make = (options: Options): Effect.Effect<Service, NatPmpSocketError
     const events = yield* PubSub.unbounded<GatewayEvent>()
     const lastEpoch = yield* Ref.make(Option.none<EpochMark>())
     const lastPublicAddress = yield* Ref.make(Option.none<string>())
-    const serial = yield* Effect.makeSemaphore(1)
+    const serial = FifoLock.make()
+
+    // The end of the current retransmission wait: one timer fiber for the client's life posts a `WaitOver` into
+    // `incoming` at the deadline (requests are serial, so there is at most one wait at a time). A timeout race per
+    // attempt would fork two fibers per request.
+    let wait: { readonly attempt: number; readonly at: number } | undefined
+    let timerSleepsUntil: number | undefined // undefined: the timer waits for a deadline
+    let attempts = 0
+    const timerWake = yield* Queue.sliding<void>(1)
+    const setDeadline = (at: number): number => {
+      const attempt = ++attempts
+      wait = { attempt, at }
+      if (timerSleepsUntil === undefined || at < timerSleepsUntil) {
+        timerSleepsUntil = Number.NEGATIVE_INFINITY // woken: it looks at `wait` again
+        timerWake.unsafeOffer(undefined)
+      }
+      return attempt
+    }
+    yield* Effect.forkScoped(Effect.forever(Effect.gen(function*() {
+      const now = yield* Clock.currentTimeMillis
+      const current = wait // read after the last yield: from here to the sleep nothing else runs
+      if (current !== undefined && current.at <= now) {
+        wait = undefined
+        incoming.unsafeOffer({ _tag: "WaitOver", attempt: current.attempt })
+        return
+      }
+      timerSleepsUntil = current?.at
+      yield* current === undefined
+        ? Queue.take(timerWake)
+        : Effect.raceFirst(Effect.sleep(Duration.millis(current.at - now)), Queue.take(timerWake))
+    })))
 
     // RFC 6886 §3.6: the epoch must advance by at least 7/8 of the local time elapsed, within 2 s.
     const observeEpoch = (epoch: number) =>
@@ -292,10 +331,14 @@ export const make = (options: Options): Effect.Effect<Service, NatPmpSocketError
     }
 
     // Waits for the reply to `request`, skipping anything else; fails early on ICMP port unreachable.
-    const awaitReply = (request: NatPmpMessage.Request) =>
+    const awaitReply = (request: NatPmpMessage.Request, attempt: number) =>
       Effect.gen(function*() {
         while (true) {
           const item = yield* Queue.take(incoming)
+          if (item._tag === "WaitOver") {
+            if (item.attempt === attempt) return Option.none()
+            continue
+          }
           if (item._tag === "Error") {
             if (item.failure.code === "ECONNREFUSED") {
               return yield* new NatPmpUnreachableError({ gateway: label, cause: item.failure.cause })
@@ -316,7 +359,8 @@ export const make = (options: Options): Effect.Effect<Service, NatPmpSocketError
             yield* Effect.logDebug(`ignored a ${response.right._tag} that does not answer the pending request`)
             continue
           }
-          return response.right
+          wait = undefined
+          return Option.some(response.right)
         }
       })
 
@@ -335,9 +379,10 @@ export const make = (options: Options): Effect.Effect<Service, NatPmpSocketError
                 : socketError(failure)
             )
           )
-          // The wait runs interruptibly in the timeout's own fiber, so the timeout also ends it when the caller
-          // is uninterruptible (finalizers, releases, scope undos).
-          const reply = yield* Effect.timeoutOption(Effect.interruptible(awaitReply(request)), timeout)
+          // The timer ends the wait with a `WaitOver` also when the caller is uninterruptible (finalizers, releases,
+          // scope undos); an interruptible caller can still be interrupted while it waits.
+          const now = yield* Clock.currentTimeMillis
+          const reply = yield* awaitReply(request, setDeadline(now + Duration.toMillis(timeout)))
           if (Option.isSome(reply)) {
             yield* observeEpoch(reply.value.epoch)
             return reply.value
@@ -351,7 +396,7 @@ export const make = (options: Options): Effect.Effect<Service, NatPmpSocketError
           attempts: maxAttempts,
           elapsed
         })
-      }).pipe(serial.withPermits(1))
+      }).pipe(serial.withLock)
 
     const resultError = (request: NatPmpMessage.Request, response: NatPmpMessage.Response) =>
       new NatPmpResultError({ gateway: label, opcode: opcodeOfRequest(request), resultCode: response.resultCode })

@@ -159,6 +159,26 @@ export const send = (
     }
   })
 
+/**
+ * Hands one datagram to the kernel without waiting for the send to complete (a server answering many clients needs
+ * no round trip through the scheduler per answer). Never throws: a failure, immediate or later, goes to `onError`.
+ */
+export const unsafeSend = (
+  socket: Dgram.Socket,
+  bytes: Uint8Array,
+  to: { readonly address: string; readonly port: number },
+  onError: (failure: SocketFailure) => void
+): void => {
+  const fail = (cause: unknown) => onError(new SocketFailure({ operation: `send to ${to.address}:${to.port}`, cause }))
+  try {
+    socket.send(bytes, to.port, to.address, (cause) => {
+      if (cause !== null) fail(cause)
+    })
+  } catch (cause) {
+    fail(cause)
+  }
+}
+
 /** The address and port of a connected socket's peer. */
 export const remoteAddress = (
   socket: Dgram.Socket

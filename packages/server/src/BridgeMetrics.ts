@@ -190,6 +190,8 @@ export interface UpstreamObservations {
 export interface Service {
   readonly bridgeId: string
   readonly request: (observation: RequestObservation) => Effect.Effect<void>
+  /** The same, outside any fiber (the server's answers given straight from the socket callback). */
+  readonly unsafeRequest: (response: NatPmpMessage.Response, seconds: number) => void
   readonly upstream: (
     upstream: "vpn" | "router",
     operation: string,
@@ -207,6 +209,7 @@ export interface Service {
 const noop: Service = {
   bridgeId: "",
   request: () => Effect.void,
+  unsafeRequest: () => {},
   upstream: () => Effect.void,
   reconciled: () => Effect.void,
   reconcileFailed: Effect.void,
@@ -279,14 +282,16 @@ export const make = (options: { readonly bridgeId: string }): Effect.Effect<Serv
       vpnError: Option.none<string>()
     }
 
+    const unsafeRequest = (response: NatPmpMessage.Response, seconds: number): void => {
+      const opcode = opcodeLabel(response)
+      requests(opcode, resultLabel(response.resultCode)).unsafeUpdate(1, noLabels)
+      durations(opcode).unsafeUpdate(seconds, noLabels)
+    }
+
     return {
       bridgeId: options.bridgeId,
-      request: ({ response, seconds }) =>
-        Effect.sync(() => {
-          const opcode = opcodeLabel(response)
-          requests(opcode, resultLabel(response.resultCode)).unsafeUpdate(1, noLabels)
-          durations(opcode).unsafeUpdate(seconds, noLabels)
-        }),
+      request: ({ response, seconds }) => Effect.sync(() => unsafeRequest(response, seconds)),
+      unsafeRequest,
       upstream: (upstream, operation, seconds, failure) =>
         Effect.gen(function*() {
           yield* Metric.update(latencies(upstream, operation), seconds)

@@ -81,15 +81,24 @@ export interface Options {
 }
 
 /** A policy from explicit options. */
-export const make = (options: Options): Service => ({
-  allowedNetworks: options.allowedNetworks,
-  maxLifetime: options.maxLifetime,
-  clientQuota: options.clientQuota,
-  isAllowed: (address) => {
-    const normalized = normalizeAddress(address)
-    return options.allowedNetworks.some((network) => networkContains(network, normalized))
+export const make = (options: Options): Service => {
+  // the answer for an address never changes: remembered for the addresses seen last (every datagram asks)
+  const decisions = new Map<string, boolean>()
+  return {
+    allowedNetworks: options.allowedNetworks,
+    maxLifetime: options.maxLifetime,
+    clientQuota: options.clientQuota,
+    isAllowed: (address) => {
+      const known = decisions.get(address)
+      if (known !== undefined) return known
+      const normalized = normalizeAddress(address)
+      const allowed = options.allowedNetworks.some((network) => networkContains(network, normalized))
+      if (decisions.size >= 4096) decisions.clear()
+      decisions.set(address, allowed)
+      return allowed
+    }
   }
-})
+}
 
 /** A layer providing {@link ClientPolicy}. */
 export const layer = (options: Options): Layer.Layer<ClientPolicy> => Layer.succeed(ClientPolicy, make(options))

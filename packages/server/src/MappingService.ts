@@ -171,6 +171,13 @@ export interface Service {
   /** The cached public address of the VPN (served for op 0). */
   readonly publicAddress: Effect.Effect<Option.Option<string>>
   /**
+   * `epoch` and `publicAddress` read synchronously (for the NAT-PMP server's per-datagram answers), when the VPN
+   * gateway offers its address so.
+   */
+  readonly unsafePublicAddressState?:
+    | (() => { readonly epoch: number; readonly publicAddress: Option.Option<string> })
+    | undefined
+  /**
    * Answers a mapping request (op 1/2) of `client` (the datagram's source address) within the request timeout.
    * Never fails: failures are answered with their result code, internal port, external port 0 and lifetime 0.
    */
@@ -190,6 +197,19 @@ interface Answer {
   readonly resultCode: number
   readonly externalPort: number
   readonly lifetime: number
+}
+
+/** A caller waiting for an answer until its deadline (clock milliseconds). */
+interface Waiting {
+  readonly reply: Deferred.Deferred<Answer>
+  readonly deadline: number
+  readonly onTimeout: Answer
+}
+
+/** A request in flight for a key, and everyone waiting for its answer (retransmissions join it). */
+interface InFlight {
+  readonly signature: string
+  readonly waiters: Array<Waiting>
 }
 
 const failure = (resultCode: number): Answer => ({ resultCode, externalPort: 0, lifetime: 0 })
@@ -248,18 +268,34 @@ export const make = (
     /** New mappings in progress per client (quota). */
     const pendingNew = new Map<string, number>()
     /** Requests in flight per key, for coalescing retransmissions. */
-    const inFlight = new Map<
-      string,
-      Array<{ readonly signature: string; readonly answer: Deferred.Deferred<Answer> }>
-    >()
+    const inFlight = new Map<string, Array<InFlight>>()
+    /**
+     * Callers waiting for an answer, in arrival order, which is deadline order (one request timeout for all). One
+     * timekeeper fiber answers those still waiting at their deadline: far cheaper than a timeout race per request.
+     */
+    const waiting = new Set<Waiting>()
+    const requestTimeoutMillis = Duration.toMillis(requestTimeout)
+    let timekeeperIdle = true
+    const timekeeperWake = yield* Queue.sliding<void>(1)
     let epochStart = yield* Clock.currentTimeMillis
     let stopping = false
 
     const resets = yield* Effect.acquireRelease(PubSub.unbounded<StateReset>(), PubSub.shutdown)
     const wake = yield* Queue.sliding<void>(1)
-    const notify = Effect.sync(() => wake.unsafeOffer(undefined))
+    /**
+     * When the expiry fiber looks at the leases next: while it sleeps, the earliest expiry it knows of (infinity
+     * when there is no lease); -infinity while it is busy. Only a lease expiring before that needs to wake it.
+     */
+    let expiryCheckAt = Number.NEGATIVE_INFINITY
+    const notify = (expiresAt: number) =>
+      Effect.sync(() => {
+        if (expiresAt < expiryCheckAt) wake.unsafeOffer(undefined)
+      })
 
-    const epoch = Effect.map(Clock.currentTimeMillis, (now) => Math.max(0, Math.floor((now - epochStart) / 1000)))
+    const epochAt = (now: number) => Math.max(0, Math.floor((now - epochStart) / 1000))
+    const epoch = Effect.map(Clock.currentTimeMillis, epochAt)
+    const clock = yield* Effect.clock
+    const unsafePublicAddress = vpn.unsafePublicAddress
 
     const specOf = (lease: Lease): RuleSpec => ({
       protocol: lease.protocol,
@@ -280,7 +316,7 @@ export const make = (
           leases.set(key, lease)
           upstreamPorts.set(upstreamKey(lease.protocol, lease.upstreamPort), key)
         }),
-        notify
+        notify(lease.expiresAt)
       )
 
     const releaseUpstream = (protocol: Protocol, port: number, key: string) =>
@@ -303,8 +339,8 @@ export const make = (
     const dropLeases = (dropped: ReadonlyArray<readonly [string, Lease]>, why: string) =>
       Effect.gen(function*() {
         if (dropped.length === 0) return
+        // the expiry fiber need not wake: a removed lease at most makes it look once for nothing
         for (const [key] of dropped) leases.delete(key)
-        yield* notify
         yield* Effect.all([
           router.removeRules(dropped.map(([, lease]) => lease.ruleId)).pipe(
             Effect.catchAll((error) =>
@@ -576,17 +612,42 @@ export const make = (
      */
     const submit = (key: string, signature: string, work: Effect.Effect<Answer>, onTimeout: Answer) =>
       Effect.gen(function*() {
-        const waiting = inFlight.get(key) ?? []
-        const joined = waiting.find((entry) => entry.signature === signature)
-        let answer: Deferred.Deferred<Answer>
+        const now = yield* Clock.currentTimeMillis
+        const waiter: Waiting = {
+          reply: Deferred.unsafeMake(FiberId.none),
+          deadline: now + requestTimeoutMillis,
+          onTimeout
+        }
+        waiting.add(waiter)
+        if (timekeeperIdle) {
+          timekeeperIdle = false
+          timekeeperWake.unsafeOffer(undefined)
+        }
+        const requests = inFlight.get(key) ?? []
+        const joined = requests.find((entry) => entry.signature === signature)
         if (joined !== undefined) {
-          answer = joined.answer
+          joined.waiters.push(waiter)
           yield* Effect.logDebug("retransmission joins the request in flight")
         } else {
-          answer = yield* Deferred.make<Answer>()
-          const entry = { signature, answer }
-          waiting.push(entry)
-          inFlight.set(key, waiting)
+          const entry: InFlight = { signature, waiters: [waiter] }
+          requests.push(entry)
+          inFlight.set(key, requests)
+          // an interrupted request (shutdown) answers nobody: its callers get their timeout answer at the deadline
+          const settle = (exit: Exit.Exit<Answer>) =>
+            Effect.sync(() => {
+              const list = inFlight.get(key)
+              if (list !== undefined) {
+                const index = list.indexOf(entry)
+                if (index >= 0) list.splice(index, 1)
+                if (list.length === 0) inFlight.delete(key)
+              }
+              if (Exit.isSuccess(exit)) {
+                for (const each of entry.waiters) {
+                  waiting.delete(each)
+                  Deferred.unsafeDone(each.reply, exit)
+                }
+              }
+            })
           yield* FiberSet.run(
             operations,
             work.pipe(
@@ -596,26 +657,33 @@ export const make = (
                   failure(NatPmpMessage.ResultCode.NetworkFailure)
                 )
               ),
-              Effect.flatMap((result) => Deferred.succeed(answer, result)),
-              Effect.ensuring(Effect.sync(() => {
-                const list = inFlight.get(key)
-                if (list === undefined) return
-                const index = list.indexOf(entry)
-                if (index >= 0) list.splice(index, 1)
-                if (list.length === 0) inFlight.delete(key)
-              })),
+              Effect.onExit(settle),
               Effect.asVoid
             )
           )
         }
-        return yield* Deferred.await(answer).pipe(
-          Effect.timeoutTo({
-            duration: requestTimeout,
-            onSuccess: (result) => result,
-            onTimeout: () => onTimeout
-          })
-        )
+        return yield* Deferred.await(waiter.reply)
       })
+
+    /** Answers the callers still waiting at their deadline with their timeout answer. */
+    const timekeeper = Effect.forever(Effect.gen(function*() {
+      const now = yield* Clock.currentTimeMillis
+      let next: number | undefined
+      for (const waiter of waiting) {
+        if (waiter.deadline > now) {
+          next = waiter.deadline
+          break
+        }
+        waiting.delete(waiter)
+        Deferred.unsafeDone(waiter.reply, Exit.succeed(waiter.onTimeout))
+      }
+      if (next === undefined) {
+        timekeeperIdle = true
+        yield* Queue.take(timekeeperWake)
+      } else {
+        yield* Effect.sleep(Duration.millis(next - now))
+      }
+    }))
 
     const handle = (client: string, request: NatPmpMessage.MapRequest): Effect.Effect<NatPmpMessage.MapResponse> =>
       Effect.gen(function*() {
@@ -685,14 +753,20 @@ export const make = (
     const expiryLoop = Effect.forever(Effect.gen(function*() {
       const now = yield* Clock.currentTimeMillis
       yield* expireDue(now)
+      const after = yield* Clock.currentTimeMillis
+      // from here to the wait no other fiber runs: a lease recorded later sees `expiryCheckAt` and wakes us if needed
       let next = Number.POSITIVE_INFINITY
       for (const lease of leases.values()) next = Math.min(next, lease.expiresAt)
-      const after = yield* Clock.currentTimeMillis
       if (next <= after) return
+      expiryCheckAt = next
       const waitForChange = Queue.take(wake)
-      yield* next === Number.POSITIVE_INFINITY
+      yield* (next === Number.POSITIVE_INFINITY
         ? waitForChange
-        : Effect.raceFirst(Effect.sleep(Duration.millis(next - after)), waitForChange)
+        : Effect.raceFirst(Effect.sleep(Duration.millis(next - after)), waitForChange)).pipe(
+          Effect.ensuring(Effect.sync(() => {
+            expiryCheckAt = Number.NEGATIVE_INFINITY
+          }))
+        )
     }))
 
     // -------------------------------------------------------------------------
@@ -889,6 +963,7 @@ export const make = (
     const upstreamEvents = yield* vpn.subscribe
     yield* Effect.forkScoped(Effect.forever(Effect.flatMap(Queue.take(upstreamEvents), onUpstreamEvent)))
     yield* Effect.forkScoped(expiryLoop.pipe(Effect.annotateLogs({ task: "expiry" })))
+    yield* Effect.forkScoped(timekeeper)
     yield* Effect.forkScoped(Effect.forever(
       Effect.zipRight(
         Effect.sleep(reconcileInterval),
@@ -899,6 +974,10 @@ export const make = (
     return {
       epoch,
       publicAddress: vpn.publicAddress,
+      unsafePublicAddressState: unsafePublicAddress === undefined ? undefined : () => ({
+        epoch: epochAt(clock.unsafeCurrentTimeMillis()),
+        publicAddress: unsafePublicAddress()
+      }),
       handle,
       leases: Effect.sync(() => [...leases.values()]),
       reconcile,

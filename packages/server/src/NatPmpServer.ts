@@ -24,7 +24,9 @@ import * as Layer from "effect/Layer"
 import * as LogLevel from "effect/LogLevel"
 import * as Option from "effect/Option"
 import * as Queue from "effect/Queue"
+import * as Runtime from "effect/Runtime"
 import type * as Scope from "effect/Scope"
+import type * as Dgram from "node:dgram"
 import * as Os from "node:os"
 import * as Announcer from "./Announcer.js"
 import { BridgeMetrics } from "./BridgeMetrics.js"
@@ -91,16 +93,73 @@ export const make = (
     const handlers = yield* FiberSet.make<void, never>()
     const maxConcurrent = options.maxConcurrentRequests ?? 1024
     let active = 0
+    const runtime = yield* Effect.runtime<never>()
+    const runSync = Runtime.runSync(runtime)
+    const runFork = Runtime.runFork(runtime)
 
+    /** Hands an answer to the kernel without waiting for the send (counted as answered unless it fails). */
+    const sendAnswer = (socket: Dgram.Socket, bytes: Uint8Array, to: Udp.Datagram) => {
+      stats.answered++
+      Udp.unsafeSend(socket, bytes, to, (error) => {
+        stats.answered--
+        runFork(
+          Effect.logDebug(`answer not sent: ${error.message}`).pipe(
+            Effect.annotateLogs({ service: "NatPmpServer", client: to.address, clientPort: to.port })
+          )
+        )
+      })
+    }
+
+    // Op 0 is answered from the cached address and the epoch, both read synchronously (without even a fiber when the
+    // mapping service offers them so): the last answer's bytes are reused while neither changes.
+    const publicAddressState = mapping.unsafePublicAddressState ??
+      (() => runSync(Effect.all({ publicAddress: mapping.publicAddress, epoch: mapping.epoch })))
+    let lastAnswer: {
+      readonly address: Option.Option<string>
+      readonly epoch: number
+      readonly response: NatPmpMessage.PublicAddressResponse | undefined
+      readonly bytes: Uint8Array
+    } = { address: Option.none(), epoch: -1, response: undefined, bytes: new Uint8Array(0) }
+    const publicAddressAnswer = (): typeof lastAnswer => {
+      const { epoch, publicAddress: address } = publicAddressState()
+      if (epoch !== lastAnswer.epoch || Option.getOrUndefined(address) !== Option.getOrUndefined(lastAnswer.address)) {
+        const response: NatPmpMessage.PublicAddressResponse = {
+          _tag: "PublicAddressResponse",
+          resultCode: Option.isSome(address)
+            ? NatPmpMessage.ResultCode.Success
+            : NatPmpMessage.ResultCode.NetworkFailure,
+          epoch,
+          publicAddress: Option.getOrElse(address, () => "0.0.0.0")
+        }
+        lastAnswer = { address, epoch, response, bytes: NatPmpMessage.encodeResponse(response) }
+      }
+      return lastAnswer
+    }
+
+    let opened: Dgram.Socket | undefined = undefined
     const socket = yield* Udp.open(
       { address: options.address ?? "0.0.0.0", port: options.port ?? NatPmpMessage.ServerPort },
       (received) => {
         // errors (ICMP errors for answers to vanished clients): nothing to do
-        if (received._tag === "Datagram") {
-          incoming.unsafeOffer(received)
+        if (received._tag !== "Datagram") return
+        // the common request, op 0 from an allowed client, is answered right here, without a fiber; everything
+        // else (and a datagram arriving before the socket is known) goes through the queue
+        const bytes = received.bytes
+        if (
+          opened !== undefined && bytes.length >= 2 && bytes[0] === NatPmpMessage.Version &&
+          bytes[1] === NatPmpMessage.Opcode.PublicAddress && policy.isAllowed(received.address)
+        ) {
+          const started = process.hrtime.bigint()
+          stats.received++
+          const answer = publicAddressAnswer()
+          sendAnswer(opened, answer.bytes, received)
+          metrics.unsafeRequest(answer.response!, Number(process.hrtime.bigint() - started) / 1e9)
+          return
         }
+        incoming.unsafeOffer(received)
       }
     ).pipe(Effect.mapError((error) => new NatPmpServerError({ reason: error.message, cause: error })))
+    opened = socket
     const local = Udp.localAddress(socket)
 
     /** Metrics and the request's log line: at info for mappings, at debug for the rest. */
@@ -138,14 +197,9 @@ export const make = (
       })
 
     const reply = (response: NatPmpMessage.Response, to: Udp.Datagram, client: string, started: bigint) =>
-      Udp.send(socket, NatPmpMessage.encodeResponse(response), to).pipe(
-        Effect.tap(() =>
-          Effect.sync(() => {
-            stats.answered++
-          })
-        ),
-        Effect.catchAll((error) => Effect.logDebug(`answer not sent: ${error.message}`)),
-        Effect.zipRight(observe(response, client, started))
+      Effect.zipRight(
+        Effect.sync(() => sendAnswer(socket, NatPmpMessage.encodeResponse(response), to)),
+        observe(response, client, started)
       )
 
     const serve = (datagram: Udp.Datagram, client: string, started: bigint) =>

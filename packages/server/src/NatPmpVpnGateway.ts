@@ -16,7 +16,6 @@ import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
 import * as PubSub from "effect/PubSub"
 import * as Queue from "effect/Queue"
-import * as Ref from "effect/Ref"
 import type * as Scope from "effect/Scope"
 import type { Service } from "./VpnGateway.js"
 import { VpnEvent, VpnGateway, VpnGatewayError } from "./VpnGateway.js"
@@ -62,11 +61,12 @@ export const fromClient = (
   Effect.gen(function*() {
     const client = yield* NatPmpClient.NatPmpClient
     const events = yield* Effect.acquireRelease(PubSub.unbounded<VpnEvent>(), PubSub.shutdown)
-    const cached = yield* Ref.make(Option.none<string>())
+    let cached = Option.none<string>()
 
     const observeAddress = (address: string) =>
       Effect.gen(function*() {
-        const previous = yield* Ref.getAndSet(cached, Option.some(address))
+        const previous = cached
+        cached = Option.some(address)
         if (Option.isSome(previous) && previous.value !== address) {
           yield* Effect.logWarning(`VPN public address changed from ${previous.value} to ${address}`)
           yield* PubSub.publish(events, VpnEvent.PublicAddressChanged({ previous: previous.value, current: address }))
@@ -91,10 +91,10 @@ export const fromClient = (
     const retryInterval = Duration.decode(options.retryInterval ?? Duration.seconds(5))
     yield* Effect.forkScoped(Effect.forever(
       Effect.gen(function*() {
-        const known = Option.isSome(yield* Ref.get(cached))
+        const known = Option.isSome(cached)
         yield* Effect.sleep(known ? refreshInterval : retryInterval)
         // learnt meanwhile (the start-up read, an announcement): the next read is a whole refresh interval away
-        if (!known && Option.isSome(yield* Ref.get(cached))) return
+        if (!known && Option.isSome(cached)) return
         yield* refreshPublicAddress.pipe(
           Effect.catchAll((error) => Effect.logWarning(`cannot read the VPN public address: ${error.message}`))
         )
@@ -103,7 +103,8 @@ export const fromClient = (
 
     return {
       gateway: `${client.gateway}:${client.port}`,
-      publicAddress: Ref.get(cached),
+      publicAddress: Effect.sync(() => cached),
+      unsafePublicAddress: () => cached,
       refreshPublicAddress,
       map: (request) =>
         client.map({

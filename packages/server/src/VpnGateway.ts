@@ -70,6 +70,8 @@ export interface Service {
   readonly gateway: string
   /** The last public address read (refreshed in the background); `None` until the gateway has answered once. */
   readonly publicAddress: Effect.Effect<Option.Option<string>>
+  /** The same, read synchronously (for the NAT-PMP server's per-datagram answers), when the implementation can. */
+  readonly unsafePublicAddress?: (() => Option.Option<string>) | undefined
   /** Reads the public address now (updating the cache, reporting a change as an event). */
   readonly refreshPublicAddress: Effect.Effect<string, VpnGatewayError>
   /** Creates or renews a mapping, in bounded time. */
