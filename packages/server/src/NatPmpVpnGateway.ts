@@ -6,6 +6,8 @@
  * - The public address is cached and refreshed in the background (faster while it is unknown).
  * - The epoch check of every reply (done by the client, RFC 6886 §3.6) and address changes are reported as
  *   {@link VpnEvent}s.
+ * - Requests wait for their turn in a FIFO line of their own (the client sends one at a time), which stays cheap
+ *   with thousands of requests waiting (renewals of many leases, shutdown).
  *
  * @since 0.1.0
  */
@@ -18,6 +20,7 @@ import * as PubSub from "effect/PubSub"
 import * as Queue from "effect/Queue"
 import * as Ref from "effect/Ref"
 import type * as Scope from "effect/Scope"
+import * as SerialQueue from "./internal/SerialQueue.js"
 import type { Service } from "./VpnGateway.js"
 import { VpnEvent, VpnGateway, VpnGatewayError } from "./VpnGateway.js"
 
@@ -63,6 +66,7 @@ export const fromClient = (
     const client = yield* NatPmpClient.NatPmpClient
     const events = yield* Effect.acquireRelease(PubSub.unbounded<VpnEvent>(), PubSub.shutdown)
     const cached = yield* Ref.make(Option.none<string>())
+    const serial = yield* SerialQueue.make
 
     const observeAddress = (address: string) =>
       Effect.gen(function*() {
@@ -81,7 +85,7 @@ export const fromClient = (
           : observeAddress(event.publicAddress))
     ))
 
-    const refreshPublicAddress = client.publicAddress.pipe(
+    const refreshPublicAddress = serial(client.publicAddress).pipe(
       Effect.mapError(fromNatPmpError),
       Effect.tap((info) => observeAddress(info.publicAddress)),
       Effect.map((info) => info.publicAddress)
@@ -104,12 +108,12 @@ export const fromClient = (
       publicAddress: Ref.get(cached),
       refreshPublicAddress,
       map: (request) =>
-        client.map({
+        serial(client.map({
           protocol: request.protocol,
           internalPort: request.internalPort,
           suggestedExternalPort: request.suggestedExternalPort,
           lifetime: request.lifetime
-        }).pipe(
+        })).pipe(
           Effect.mapError(fromNatPmpError),
           Effect.map((mapping) => ({
             externalPort: mapping.externalPort,
@@ -117,7 +121,8 @@ export const fromClient = (
             epoch: mapping.epoch
           }))
         ),
-      unmap: (protocol, internalPort) => client.unmap(protocol, internalPort).pipe(Effect.mapError(fromNatPmpError)),
+      unmap: (protocol, internalPort) =>
+        serial(client.unmap(protocol, internalPort)).pipe(Effect.mapError(fromNatPmpError)),
       subscribe: PubSub.subscribe(events)
     } satisfies Service
   }).pipe(Effect.annotateLogs({ service: "NatPmpVpnGateway" }))
