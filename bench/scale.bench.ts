@@ -21,7 +21,7 @@ import { NatPmpMessage } from "@natpmp-bridge/core"
 import * as Dgram from "node:dgram"
 import * as BenchResult from "./lib/BenchResult.js"
 import type { Child } from "./lib/Processes.js"
-import { forkCompiled, forkTs, median, quantile, sleep } from "./lib/Processes.js"
+import { cpuMsOf, forkCompiled, forkTs, median, quantile, sleep } from "./lib/Processes.js"
 import type * as Bridge from "./lib/scale-bridge.js"
 import type * as Upstream from "./lib/scale-upstream.js"
 
@@ -41,6 +41,7 @@ type BridgeMessage =
   | Bridge.Stats
   | Bridge.Reconciled
   | { readonly type: "stopped"; readonly wallMs: number }
+  | { readonly type: "snapshot"; readonly file: string }
 
 const log = (text: string) => console.log(`[${new Date().toISOString().slice(11, 23)}] ${text}`)
 
@@ -92,12 +93,14 @@ const main = async () => {
         announce: false,
         reconcileInterval: "1 hour"
       })
-    })
+    }, ["--expose-gc", ...(process.env.SCALE_BRIDGE_NODE_OPTIONS ?? "").split(" ").filter((option) => option !== "")])
     const bridgePort = (await bridge.next("ready")).port
     log(`bridge pid ${bridge.pid} on 127.0.0.1:${bridgePort}; upstream pid ${upstream.pid}`)
     await sleep(3000)
     const idle = await bridge.ask("stats", "stats")
     log(`idle: RSS ${(idle.rss / MB).toFixed(1)} MB, heap ${(idle.heapUsed / MB).toFixed(1)} MB`)
+    const idleGc = await bridge.ask("gc", "stats")
+    log(`idle after a full GC: RSS ${(idleGc.rss / MB).toFixed(1)} MB, heap ${(idleGc.heapUsed / MB).toFixed(1)} MB`)
 
     // ---- the clients
     const pending = new Map<string, Pending>()
@@ -223,7 +226,15 @@ const main = async () => {
     await sleep(periodMs * 0.75 + Math.min(1500, periodMs * 0.05))
     await Promise.all(inFlight.splice(0))
     const loaded = await bridge.ask("stats", "stats")
+    const loadedGc = await bridge.ask("gc", "stats")
+    if (process.env.SCALE_SNAPSHOT !== undefined) log(`heap snapshot: ${(await bridge.ask("snapshot", "snapshot")).file}`)
+    log(`after a full GC: RSS ${(loadedGc.rss / MB).toFixed(1)} MB, heap ${(loadedGc.heapUsed / MB).toFixed(1)} MB`)
     const createdOk = creates.filter((outcome) => outcome.ok).length
+    const cpuShares = [["bridge", bridge.pid], ["upstream", upstream.pid], ["load", process.pid]] as const
+    log(`CPU so far (ms): ${cpuShares.map(([name, pid]) => `${name} ${cpuMsOf(pid).toFixed(0)}`).join(", ")}`)
+    const created = await upstream.ask("counters", "counters")
+    log(`upstream so far: ${created.routerPrints} prints, ${created.routerAdds} adds, ${created.routerCommands} router ` +
+      `commands, ${created.vpnRequests} VPN requests`)
     log(
       `created ${createdOk}/${leaseCount} in time; bridge holds ${loaded.leases} leases; RSS ` +
         `${(loaded.rss / MB).toFixed(1)} MB (+${((loaded.rss - idle.rss) / MB).toFixed(1)}), heap ` +
@@ -343,6 +354,10 @@ const main = async () => {
     })
   } finally {
     for (const socket of sockets) socket.close()
+    if (bridge !== undefined && process.env.SCALE_BRIDGE_NODE_OPTIONS !== undefined) {
+      bridge.process.send({ cmd: "exit" })
+      await Promise.race([bridge.exited, sleep(30_000)])
+    }
     bridge?.kill()
     upstream.kill()
   }

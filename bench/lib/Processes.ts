@@ -30,15 +30,13 @@ export class Child<M extends { readonly type: string }> {
   next<T extends M["type"]>(type: T, timeoutMs = 60_000): Promise<Extract<M, { readonly type: T }>> {
     return new Promise((resolve, reject) => {
       const timer = setTimeout(() => reject(new Error(`${this.name}: no "${type}" within ${timeoutMs} ms`)), timeoutMs)
-      const onExit = (code: number | null) => {
+      this.exited.then((code) => {
         clearTimeout(timer)
         reject(new Error(`${this.name} exited (code ${code}) while waiting for "${type}"`))
-      }
-      this.process.once("exit", onExit)
+      })
       const list = this.waiting.get(type) ?? []
       list.push((message) => {
         clearTimeout(timer)
-        this.process.off("exit", onExit)
         resolve(message as Extract<M, { readonly type: T }>)
       })
       this.waiting.set(type, list)
@@ -126,4 +124,15 @@ export const median = (values: ReadonlyArray<number>): number => {
   const sorted = [...values].sort((a, b) => a - b)
   const middle = Math.floor(sorted.length / 2)
   return sorted.length % 2 === 1 ? sorted[middle] : (sorted[middle - 1] + sorted[middle]) / 2
+}
+
+/** CPU time (user + system) of a process so far, in ms, from /proc (Linux; NaN elsewhere). */
+export const cpuMsOf = (pid: number): number => {
+  try {
+    const stat = Fs.readFileSync(`/proc/${pid}/stat`, "utf8")
+    const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ")
+    return ((Number(fields[11]) + Number(fields[12])) * 1000) / 100
+  } catch {
+    return Number.NaN
+  }
 }
