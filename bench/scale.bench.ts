@@ -209,7 +209,8 @@ const main = async () => {
     // mid-round reconciliations, under load
     const reconcilesUnderLoad = Array.from({ length: rounds }, (_, k) =>
       sleep(periodMs * (k + 1.5)).then(async () => {
-        const result = await bridge!.ask("reconcile", "reconciled")
+        const result = await bridge!.ask("reconcile", "reconciled").catch(() => undefined)
+        if (result === undefined) return
         underLoad.push(result)
         log(`reconcile under load: CPU ${(result.cpu / 1000).toFixed(0)} ms, wall ${result.wallMs.toFixed(0)} ms`)
       }))
@@ -227,14 +228,18 @@ const main = async () => {
     await Promise.all(inFlight.splice(0))
     const loaded = await bridge.ask("stats", "stats")
     const loadedGc = await bridge.ask("gc", "stats")
-    if (process.env.SCALE_SNAPSHOT !== undefined) log(`heap snapshot: ${(await bridge.ask("snapshot", "snapshot")).file}`)
+    if (process.env.SCALE_SNAPSHOT !== undefined) {
+      log(`heap snapshot: ${(await bridge.ask("snapshot", "snapshot")).file}`)
+    }
     log(`after a full GC: RSS ${(loadedGc.rss / MB).toFixed(1)} MB, heap ${(loadedGc.heapUsed / MB).toFixed(1)} MB`)
     const createdOk = creates.filter((outcome) => outcome.ok).length
     const cpuShares = [["bridge", bridge.pid], ["upstream", upstream.pid], ["load", process.pid]] as const
     log(`CPU so far (ms): ${cpuShares.map(([name, pid]) => `${name} ${cpuMsOf(pid).toFixed(0)}`).join(", ")}`)
     const created = await upstream.ask("counters", "counters")
-    log(`upstream so far: ${created.routerPrints} prints, ${created.routerAdds} adds, ${created.routerCommands} router ` +
-      `commands, ${created.vpnRequests} VPN requests`)
+    log(
+      `upstream so far: ${created.routerPrints} prints, ${created.routerAdds} adds, ${created.routerCommands} router ` +
+        `commands, ${created.vpnRequests} VPN requests`
+    )
     log(
       `created ${createdOk}/${leaseCount} in time; bridge holds ${loaded.leases} leases; RSS ` +
         `${(loaded.rss / MB).toFixed(1)} MB (+${((loaded.rss - idle.rss) / MB).toFixed(1)}), heap ` +
@@ -243,7 +248,11 @@ const main = async () => {
     const quiet: Array<Bridge.Reconciled & { readonly routerCommands: number }> = []
     for (let pass = 0; pass < 3; pass++) {
       const before = await upstream.ask("counters", "counters")
-      const result = await bridge.ask("reconcile", "reconciled")
+      const result = await bridge.ask("reconcile", "reconciled").catch((error: Error) => {
+        log(`reconciliation not measured: ${error.message}`)
+        return undefined
+      })
+      if (result === undefined) break
       const after = await upstream.ask("counters", "counters")
       quiet.push({ ...result, routerCommands: after.routerCommands - before.routerCommands })
       log(
@@ -299,59 +308,62 @@ const main = async () => {
     log(`shutdown: ${stopMs.toFixed(0)} ms; ${left.natRules} rule(s) and ${left.vpnMappings} VPN mapping(s) left`)
 
     const metric = (value: number, unit: string, label: string) => ({ value, unit, label })
-    BenchResult.emit({
-      bench: "scale",
-      metrics: {
-        leases: metric(end.leases, "leases", `leases held by the bridge after ${rounds} renewal round(s)`),
-        createsInTime: metric(
-          (100 * createdOk) / leaseCount,
-          "%",
-          `new mappings answered with success within 2 s (${leaseCount} at ${
-            Math.round(leaseCount / (periodMs * 0.00075))
-          }/s)`
-        ),
-        renewalsInTime: metric(
-          renewals.length === 0 ? 0 : (100 * inTime) / renewals.length,
-          "%",
-          `renewals answered with success and the same port within 2 s (${renewals.length} at ${
-            Math.round(leaseCount / (periodMs / 1000))
-          }/s; target 100%)`
-        ),
-        renewalP50: metric(quantile(latencies, 0.5), "ms", "renewal answer time p50 (load process)"),
-        renewalP99: metric(quantile(latencies, 0.99), "ms", "renewal answer time p99"),
-        rssIdle: metric(idle.rss / MB, "MB", "bridge RSS idle, after start (target ≤ 80 MB)"),
-        rssLoaded: metric(loaded.rss / MB, "MB", `bridge RSS holding ${leaseCount} leases`),
-        rssGrowth: metric(
-          (loaded.rss - idle.rss) / MB,
-          "MB",
-          `bridge RSS growth for ${leaseCount} leases (target ≤ +40 MB)`
-        ),
-        rssPeak: metric(rssPeak / MB, "MB", "bridge RSS peak during the run (2 s samples)"),
-        reconcileCpu: metric(
-          median(quiet.map((q) => q.cpu / 1000)),
-          "ms",
-          `bridge CPU time per reconciliation of ${leaseCount} rules (median of 3, quiet)`
-        ),
-        reconcileWall: metric(median(quiet.map((q) => q.wallMs)), "ms", "reconciliation wall time (quiet)"),
-        reconcileRoundTrips: metric(
-          median(quiet.map((q) => q.routerCommands)),
-          "round trips",
-          "router API round trips per reconciliation (target 1 print)"
-        ),
-        reconcileCpuUnderLoad: metric(
-          median(underLoad.map((r) => r.cpu / 1000)),
-          "ms",
-          "bridge CPU time of a reconciliation during a renewal round (includes renewals served meanwhile)"
-        ),
-        roundsCpu: metric(
-          (roundsCpu / 1000 / roundsWall) * 100,
-          "% of a core",
-          `bridge CPU use during the renewal rounds (${Math.round(leaseCount / (periodMs / 1000))} renewals/s)`
-        ),
-        shutdown: metric(stopMs, "ms", `shutdown cleanup with ${end.leases} leases (one remove, VPN unmaps)`),
-        rulesLeft: metric(left.natRules, "rules", "router rules left after shutdown (target 0)")
-      }
+    const metrics = {
+      leases: metric(end.leases, "leases", `leases held by the bridge after ${rounds} renewal round(s)`),
+      createsInTime: metric(
+        (100 * createdOk) / leaseCount,
+        "%",
+        `new mappings answered with success within 2 s (${leaseCount} at ${
+          Math.round(leaseCount / (periodMs * 0.00075))
+        }/s)`
+      ),
+      renewalsInTime: metric(
+        renewals.length === 0 ? 0 : (100 * inTime) / renewals.length,
+        "%",
+        `renewals answered with success and the same port within 2 s (${renewals.length} at ${
+          Math.round(leaseCount / (periodMs / 1000))
+        }/s; target 100%)`
+      ),
+      renewalP50: metric(quantile(latencies, 0.5), "ms", "renewal answer time p50 (load process)"),
+      renewalP99: metric(quantile(latencies, 0.99), "ms", "renewal answer time p99"),
+      rssIdle: metric(idle.rss / MB, "MB", "bridge RSS idle, after start (target ≤ 80 MB)"),
+      rssLoaded: metric(loaded.rss / MB, "MB", `bridge RSS holding ${leaseCount} leases`),
+      rssGrowth: metric(
+        (loaded.rss - idle.rss) / MB,
+        "MB",
+        `bridge RSS growth for ${leaseCount} leases (target ≤ +40 MB)`
+      ),
+      rssPeak: metric(rssPeak / MB, "MB", "bridge RSS peak during the run (2 s samples)"),
+      reconcileCpu: metric(
+        median(quiet.map((q) => q.cpu / 1000)),
+        "ms",
+        `bridge CPU time per reconciliation of ${leaseCount} rules (median of 3, quiet)`
+      ),
+      reconcileWall: metric(median(quiet.map((q) => q.wallMs)), "ms", "reconciliation wall time (quiet)"),
+      reconcileRoundTrips: metric(
+        median(quiet.map((q) => q.routerCommands)),
+        "round trips",
+        "router API round trips per reconciliation (target 1 print)"
+      ),
+      reconcileCpuUnderLoad: metric(
+        median(underLoad.map((r) => r.cpu / 1000)),
+        "ms",
+        "bridge CPU time of a reconciliation during a renewal round (includes renewals served meanwhile)"
+      ),
+      roundsCpu: metric(
+        (roundsCpu / 1000 / roundsWall) * 100,
+        "% of a core",
+        `bridge CPU use during the renewal rounds (${Math.round(leaseCount / (periodMs / 1000))} renewals/s)`
+      ),
+      shutdown: metric(stopMs, "ms", `shutdown cleanup with ${end.leases} leases (one remove, VPN unmaps)`),
+      rulesLeft: metric(left.natRules, "rules", "router rules left after shutdown (target 0)")
+    }
+    const measured = Object.entries(metrics).filter(([key, value]) => {
+      if (Number.isFinite(value.value)) return true
+      log(`${key}: not measured`)
+      return false
     })
+    BenchResult.emit({ bench: "scale", metrics: Object.fromEntries(measured) })
   } finally {
     for (const socket of sockets) socket.close()
     if (bridge !== undefined && process.env.SCALE_BRIDGE_NODE_OPTIONS !== undefined) {

@@ -42,7 +42,10 @@ export interface Reconciled {
   readonly error?: string
 }
 
-type Message = Ready | Stats | Reconciled | { readonly type: "snapshot"; readonly file: string } | { readonly type: "stopped"; readonly wallMs: number }
+type Message = Ready | Stats | Reconciled | { readonly type: "snapshot"; readonly file: string } | {
+  readonly type: "stopped"
+  readonly wallMs: number
+}
 
 const send = (message: Message) => process.send?.(message)
 const cpuNow = () => {
