@@ -1,8 +1,8 @@
 /**
  * The bridge holding 10,000 leases: 5,000 LAN clients (127.64.x.y, each its own UDP socket) × TCP and UDP of one
  * internal port, against a ProtonVPN-like NAT-PMP gateway simulator (60 s lifetimes) and the RouterOS simulator,
- * renewing every 45 s (3/4 of the lifetime). Three processes: the upstream simulators, the bridge (plain node on
- * the built packages, so its RSS and CPU time are the bridge's), and this one (the load).
+ * renewing every 45 s (3/4 of the lifetime). Three processes: the upstream simulators, the bridge (bundled from
+ * the built packages like the bin and run by plain node, so its RSS and CPU time are the bridge's), and this one (the load).
  *
  *   node node_modules/vite-node/vite-node.mjs bench/scale.bench.ts
  *
@@ -332,6 +332,11 @@ const main = async () => {
         (loaded.rss - idle.rss) / MB,
         "MB",
         `bridge RSS growth for ${leaseCount} leases (target ≤ +40 MB)`
+      ),
+      heapLiveGrowth: metric(
+        (loadedGc.heapUsed - idleGc.heapUsed) / MB,
+        "MB",
+        `bridge live JS heap growth for ${leaseCount} leases (after a full GC)`
       ),
       rssPeak: metric(rssPeak / MB, "MB", "bridge RSS peak during the run (2 s samples)"),
       reconcileCpu: metric(

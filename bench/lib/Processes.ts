@@ -78,8 +78,9 @@ export const forkTs = <M extends { readonly type: string }>(
 }
 
 /**
- * Compiles a TypeScript script of bench/ to bench/.out/<name>.mjs (esbuild, no bundling: package imports resolve to
- * the built dist) and runs it with plain node, with IPC: the process holds only what the script loads.
+ * Bundles a TypeScript script of bench/ with what it imports (the built dist of the packages, effect) into
+ * bench/.out/<name>.mjs, as the `natpmp-bridge` bin is bundled, and runs it with plain node, with IPC: the process
+ * holds only what the script needs (loading effect's hundreds of unbundled modules alone takes about 40 MB more).
  */
 export const forkCompiled = async <M extends { readonly type: string }>(
   script: string,
@@ -97,7 +98,9 @@ export const forkCompiled = async <M extends { readonly type: string }>(
     format: "esm",
     platform: "node",
     target: "node20",
-    bundle: false,
+    bundle: true,
+    // node built-ins and CommonJS dependencies that use require()
+    banner: { js: "import { createRequire } from \"node:module\"; const require = createRequire(import.meta.url);" },
     logLevel: "warning"
   })
   const child = ChildProcess.fork(outfile, [], {

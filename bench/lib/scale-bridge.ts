@@ -1,7 +1,7 @@
 /**
  * The bridge of the scale bench in its own process (so its RSS and CPU time are the bridge's alone): the same
- * `Bridge.layer` that `natpmp-bridge serve` runs, built from the built packages and run by plain node (compiled by
- * the bench with esbuild, no bundling: `@natpmp-bridge/server` resolves to its dist).
+ * `Bridge.layer` that `natpmp-bridge serve` runs, bundled by the bench with esbuild from the packages' dist (as the
+ * bin is) and run by plain node.
  *
  * Options come as JSON in SCALE_BRIDGE (programmatic `BridgeOptions`). Started with an IPC channel: sends
  * `{ type: "ready", port }`, answers `{ cmd: "stats" }` and `{ cmd: "reconcile" }` (runs one reconciliation and
