@@ -15,7 +15,8 @@
  * A request counts "in time" when answered with success within 2 s (the bridge's answer bound) of its first send;
  * clients retransmit like RFC clients (250 ms, doubling). A renewal must also keep its public port.
  *
- * SCALE_CLIENTS (5000), SCALE_LIFETIME (60 s), SCALE_ROUNDS (2); BENCH_QUICK=1: 500 clients, 20 s, 1 round.
+ * SCALE_CLIENTS (5000), SCALE_LIFETIME (60 s), SCALE_ROUNDS (2), SCALE_CREATE_SECONDS (the ramp-up, default 3/4 of
+ * a period: 33.75 s, about 300 new mappings/s); BENCH_QUICK=1: 500 clients, 20 s, 1 round.
  */
 import { NatPmpMessage } from "@natpmp-bridge/core"
 import * as Dgram from "node:dgram"
@@ -30,6 +31,8 @@ const clients = Number(process.env.SCALE_CLIENTS ?? (quick ? 500 : 5000))
 const lifetime = Number(process.env.SCALE_LIFETIME ?? (quick ? 20 : 60))
 const rounds = Number(process.env.SCALE_ROUNDS ?? (quick ? 1 : 2))
 const periodMs = lifetime * 750
+/** The new mappings are spread over this time (default 3/4 of a renewal period). */
+const createMs = Number(process.env.SCALE_CREATE_SECONDS ?? lifetime * 0.75 * 0.75) * 1000
 const leaseCount = clients * 2
 const ANSWER_BOUND_MS = 2000
 const GIVE_UP_MS = 5000
@@ -160,7 +163,7 @@ const main = async () => {
         client: index >> 1,
         protocol: index % 2 === 0 ? "tcp" : "udp",
         internalPort: 10000 + (index >> 1),
-        createAt: (index / leaseCount) * periodMs * 0.75,
+        createAt: (index / leaseCount) * createMs,
         externalPort: undefined
       })
     }
@@ -168,7 +171,7 @@ const main = async () => {
     const renewals: Array<Outcome & { readonly portKept: boolean }> = []
     const underLoad: Array<Bridge.Reconciled> = []
     const start = performance.now()
-    const endAt = periodMs * (rounds + 1) - 1
+    const endAt = createMs + periodMs * (rounds + 0.25)
     let nextCreate = 0
     let renewalCursor = 0
     let round = 1
@@ -224,7 +227,7 @@ const main = async () => {
     }, 2000)
 
     // ---- the quiet quarter period: memory at 10,000 leases, reconciliation cost
-    await sleep(periodMs * 0.75 + Math.min(1500, periodMs * 0.05))
+    await sleep(createMs + Math.min(1500, periodMs * 0.05))
     await Promise.all(inFlight.splice(0))
     const loaded = await bridge.ask("stats", "stats")
     const loadedGc = await bridge.ask("gc", "stats")
@@ -314,7 +317,7 @@ const main = async () => {
         (100 * createdOk) / leaseCount,
         "%",
         `new mappings answered with success within 2 s (${leaseCount} at ${
-          Math.round(leaseCount / (periodMs * 0.00075))
+          Math.round(leaseCount / (createMs / 1000))
         }/s)`
       ),
       renewalsInTime: metric(
