@@ -1,8 +1,8 @@
 /**
  * The bridge holding 10,000 leases: 5,000 LAN clients (127.64.x.y, each its own UDP socket) × TCP and UDP of one
  * internal port, against a ProtonVPN-like NAT-PMP gateway simulator (60 s lifetimes) and the RouterOS simulator,
- * renewing every 45 s (3/4 of the lifetime). Three processes: the upstream simulators, the bridge (plain node on
- * the built packages, so its RSS and CPU time are the bridge's), and this one (the load).
+ * renewing every 45 s (3/4 of the lifetime). Three processes: the upstream simulators, the bridge (bundled from
+ * the built packages like the bin and run by plain node, so its RSS and CPU time are the bridge's), and this one (the load).
  *
  *   node node_modules/vite-node/vite-node.mjs bench/scale.bench.ts
  *
@@ -15,13 +15,14 @@
  * A request counts "in time" when answered with success within 2 s (the bridge's answer bound) of its first send;
  * clients retransmit like RFC clients (250 ms, doubling). A renewal must also keep its public port.
  *
- * SCALE_CLIENTS (5000), SCALE_LIFETIME (60 s), SCALE_ROUNDS (2); BENCH_QUICK=1: 500 clients, 20 s, 1 round.
+ * SCALE_CLIENTS (5000), SCALE_LIFETIME (60 s), SCALE_ROUNDS (2), SCALE_CREATE_SECONDS (the ramp-up, default 3/4 of
+ * a period: 33.75 s, about 300 new mappings/s); BENCH_QUICK=1: 500 clients, 20 s, 1 round.
  */
 import { NatPmpMessage } from "@natpmp-bridge/core"
 import * as Dgram from "node:dgram"
 import * as BenchResult from "./lib/BenchResult.js"
 import type { Child } from "./lib/Processes.js"
-import { forkCompiled, forkTs, median, quantile, sleep } from "./lib/Processes.js"
+import { cpuMsOf, forkCompiled, forkTs, median, quantile, sleep } from "./lib/Processes.js"
 import type * as Bridge from "./lib/scale-bridge.js"
 import type * as Upstream from "./lib/scale-upstream.js"
 
@@ -30,6 +31,8 @@ const clients = Number(process.env.SCALE_CLIENTS ?? (quick ? 500 : 5000))
 const lifetime = Number(process.env.SCALE_LIFETIME ?? (quick ? 20 : 60))
 const rounds = Number(process.env.SCALE_ROUNDS ?? (quick ? 1 : 2))
 const periodMs = lifetime * 750
+/** The new mappings are spread over this time (default 3/4 of a renewal period). */
+const createMs = Number(process.env.SCALE_CREATE_SECONDS ?? lifetime * 0.75 * 0.75) * 1000
 const leaseCount = clients * 2
 const ANSWER_BOUND_MS = 2000
 const GIVE_UP_MS = 5000
@@ -41,6 +44,7 @@ type BridgeMessage =
   | Bridge.Stats
   | Bridge.Reconciled
   | { readonly type: "stopped"; readonly wallMs: number }
+  | { readonly type: "snapshot"; readonly file: string }
 
 const log = (text: string) => console.log(`[${new Date().toISOString().slice(11, 23)}] ${text}`)
 
@@ -92,12 +96,14 @@ const main = async () => {
         announce: false,
         reconcileInterval: "1 hour"
       })
-    })
+    }, ["--expose-gc", ...(process.env.SCALE_BRIDGE_NODE_OPTIONS ?? "").split(" ").filter((option) => option !== "")])
     const bridgePort = (await bridge.next("ready")).port
     log(`bridge pid ${bridge.pid} on 127.0.0.1:${bridgePort}; upstream pid ${upstream.pid}`)
     await sleep(3000)
     const idle = await bridge.ask("stats", "stats")
     log(`idle: RSS ${(idle.rss / MB).toFixed(1)} MB, heap ${(idle.heapUsed / MB).toFixed(1)} MB`)
+    const idleGc = await bridge.ask("gc", "stats")
+    log(`idle after a full GC: RSS ${(idleGc.rss / MB).toFixed(1)} MB, heap ${(idleGc.heapUsed / MB).toFixed(1)} MB`)
 
     // ---- the clients
     const pending = new Map<string, Pending>()
@@ -157,7 +163,7 @@ const main = async () => {
         client: index >> 1,
         protocol: index % 2 === 0 ? "tcp" : "udp",
         internalPort: 10000 + (index >> 1),
-        createAt: (index / leaseCount) * periodMs * 0.75,
+        createAt: (index / leaseCount) * createMs,
         externalPort: undefined
       })
     }
@@ -165,7 +171,7 @@ const main = async () => {
     const renewals: Array<Outcome & { readonly portKept: boolean }> = []
     const underLoad: Array<Bridge.Reconciled> = []
     const start = performance.now()
-    const endAt = periodMs * (rounds + 1) - 1
+    const endAt = createMs + periodMs * (rounds + 0.25)
     let nextCreate = 0
     let renewalCursor = 0
     let round = 1
@@ -206,7 +212,8 @@ const main = async () => {
     // mid-round reconciliations, under load
     const reconcilesUnderLoad = Array.from({ length: rounds }, (_, k) =>
       sleep(periodMs * (k + 1.5)).then(async () => {
-        const result = await bridge!.ask("reconcile", "reconciled")
+        const result = await bridge!.ask("reconcile", "reconciled").catch(() => undefined)
+        if (result === undefined) return
         underLoad.push(result)
         log(`reconcile under load: CPU ${(result.cpu / 1000).toFixed(0)} ms, wall ${result.wallMs.toFixed(0)} ms`)
       }))
@@ -220,10 +227,22 @@ const main = async () => {
     }, 2000)
 
     // ---- the quiet quarter period: memory at 10,000 leases, reconciliation cost
-    await sleep(periodMs * 0.75 + Math.min(1500, periodMs * 0.05))
+    await sleep(createMs + Math.min(1500, periodMs * 0.05))
     await Promise.all(inFlight.splice(0))
     const loaded = await bridge.ask("stats", "stats")
+    const loadedGc = await bridge.ask("gc", "stats")
+    if (process.env.SCALE_SNAPSHOT !== undefined) {
+      log(`heap snapshot: ${(await bridge.ask("snapshot", "snapshot")).file}`)
+    }
+    log(`after a full GC: RSS ${(loadedGc.rss / MB).toFixed(1)} MB, heap ${(loadedGc.heapUsed / MB).toFixed(1)} MB`)
     const createdOk = creates.filter((outcome) => outcome.ok).length
+    const cpuShares = [["bridge", bridge.pid], ["upstream", upstream.pid], ["load", process.pid]] as const
+    log(`CPU so far (ms): ${cpuShares.map(([name, pid]) => `${name} ${cpuMsOf(pid).toFixed(0)}`).join(", ")}`)
+    const created = await upstream.ask("counters", "counters")
+    log(
+      `upstream so far: ${created.routerPrints} prints, ${created.routerAdds} adds, ${created.routerCommands} router ` +
+        `commands, ${created.vpnRequests} VPN requests`
+    )
     log(
       `created ${createdOk}/${leaseCount} in time; bridge holds ${loaded.leases} leases; RSS ` +
         `${(loaded.rss / MB).toFixed(1)} MB (+${((loaded.rss - idle.rss) / MB).toFixed(1)}), heap ` +
@@ -232,7 +251,11 @@ const main = async () => {
     const quiet: Array<Bridge.Reconciled & { readonly routerCommands: number }> = []
     for (let pass = 0; pass < 3; pass++) {
       const before = await upstream.ask("counters", "counters")
-      const result = await bridge.ask("reconcile", "reconciled")
+      const result = await bridge.ask("reconcile", "reconciled").catch((error: Error) => {
+        log(`reconciliation not measured: ${error.message}`)
+        return undefined
+      })
+      if (result === undefined) break
       const after = await upstream.ask("counters", "counters")
       quiet.push({ ...result, routerCommands: after.routerCommands - before.routerCommands })
       log(
@@ -288,61 +311,73 @@ const main = async () => {
     log(`shutdown: ${stopMs.toFixed(0)} ms; ${left.natRules} rule(s) and ${left.vpnMappings} VPN mapping(s) left`)
 
     const metric = (value: number, unit: string, label: string) => ({ value, unit, label })
-    BenchResult.emit({
-      bench: "scale",
-      metrics: {
-        leases: metric(end.leases, "leases", `leases held by the bridge after ${rounds} renewal round(s)`),
-        createsInTime: metric(
-          (100 * createdOk) / leaseCount,
-          "%",
-          `new mappings answered with success within 2 s (${leaseCount} at ${
-            Math.round(leaseCount / (periodMs * 0.00075))
-          }/s)`
-        ),
-        renewalsInTime: metric(
-          renewals.length === 0 ? 0 : (100 * inTime) / renewals.length,
-          "%",
-          `renewals answered with success and the same port within 2 s (${renewals.length} at ${
-            Math.round(leaseCount / (periodMs / 1000))
-          }/s; target 100%)`
-        ),
-        renewalP50: metric(quantile(latencies, 0.5), "ms", "renewal answer time p50 (load process)"),
-        renewalP99: metric(quantile(latencies, 0.99), "ms", "renewal answer time p99"),
-        rssIdle: metric(idle.rss / MB, "MB", "bridge RSS idle, after start (target ≤ 80 MB)"),
-        rssLoaded: metric(loaded.rss / MB, "MB", `bridge RSS holding ${leaseCount} leases`),
-        rssGrowth: metric(
-          (loaded.rss - idle.rss) / MB,
-          "MB",
-          `bridge RSS growth for ${leaseCount} leases (target ≤ +40 MB)`
-        ),
-        rssPeak: metric(rssPeak / MB, "MB", "bridge RSS peak during the run (2 s samples)"),
-        reconcileCpu: metric(
-          median(quiet.map((q) => q.cpu / 1000)),
-          "ms",
-          `bridge CPU time per reconciliation of ${leaseCount} rules (median of 3, quiet)`
-        ),
-        reconcileWall: metric(median(quiet.map((q) => q.wallMs)), "ms", "reconciliation wall time (quiet)"),
-        reconcileRoundTrips: metric(
-          median(quiet.map((q) => q.routerCommands)),
-          "round trips",
-          "router API round trips per reconciliation (target 1 print)"
-        ),
-        reconcileCpuUnderLoad: metric(
-          median(underLoad.map((r) => r.cpu / 1000)),
-          "ms",
-          "bridge CPU time of a reconciliation during a renewal round (includes renewals served meanwhile)"
-        ),
-        roundsCpu: metric(
-          (roundsCpu / 1000 / roundsWall) * 100,
-          "% of a core",
-          `bridge CPU use during the renewal rounds (${Math.round(leaseCount / (periodMs / 1000))} renewals/s)`
-        ),
-        shutdown: metric(stopMs, "ms", `shutdown cleanup with ${end.leases} leases (one remove, VPN unmaps)`),
-        rulesLeft: metric(left.natRules, "rules", "router rules left after shutdown (target 0)")
-      }
+    const metrics = {
+      leases: metric(end.leases, "leases", `leases held by the bridge after ${rounds} renewal round(s)`),
+      createsInTime: metric(
+        (100 * createdOk) / leaseCount,
+        "%",
+        `new mappings answered with success within 2 s (${leaseCount} at ${
+          Math.round(leaseCount / (createMs / 1000))
+        }/s)`
+      ),
+      renewalsInTime: metric(
+        renewals.length === 0 ? 0 : (100 * inTime) / renewals.length,
+        "%",
+        `renewals answered with success and the same port within 2 s (${renewals.length} at ${
+          Math.round(leaseCount / (periodMs / 1000))
+        }/s; target 100%)`
+      ),
+      renewalP50: metric(quantile(latencies, 0.5), "ms", "renewal answer time p50 (load process)"),
+      renewalP99: metric(quantile(latencies, 0.99), "ms", "renewal answer time p99"),
+      rssIdle: metric(idle.rss / MB, "MB", "bridge RSS idle, after start (target ≤ 80 MB)"),
+      rssLoaded: metric(loaded.rss / MB, "MB", `bridge RSS holding ${leaseCount} leases`),
+      rssGrowth: metric(
+        (loaded.rss - idle.rss) / MB,
+        "MB",
+        `bridge RSS growth for ${leaseCount} leases (target ≤ +40 MB)`
+      ),
+      heapLiveGrowth: metric(
+        (loadedGc.heapUsed - idleGc.heapUsed) / MB,
+        "MB",
+        `bridge live JS heap growth for ${leaseCount} leases (after a full GC)`
+      ),
+      rssPeak: metric(rssPeak / MB, "MB", "bridge RSS peak during the run (2 s samples)"),
+      reconcileCpu: metric(
+        median(quiet.map((q) => q.cpu / 1000)),
+        "ms",
+        `bridge CPU time per reconciliation of ${leaseCount} rules (median of 3, quiet)`
+      ),
+      reconcileWall: metric(median(quiet.map((q) => q.wallMs)), "ms", "reconciliation wall time (quiet)"),
+      reconcileRoundTrips: metric(
+        median(quiet.map((q) => q.routerCommands)),
+        "round trips",
+        "router API round trips per reconciliation (target 1 print)"
+      ),
+      reconcileCpuUnderLoad: metric(
+        median(underLoad.map((r) => r.cpu / 1000)),
+        "ms",
+        "bridge CPU time of a reconciliation during a renewal round (includes renewals served meanwhile)"
+      ),
+      roundsCpu: metric(
+        (roundsCpu / 1000 / roundsWall) * 100,
+        "% of a core",
+        `bridge CPU use during the renewal rounds (${Math.round(leaseCount / (periodMs / 1000))} renewals/s)`
+      ),
+      shutdown: metric(stopMs, "ms", `shutdown cleanup with ${end.leases} leases (one remove, VPN unmaps)`),
+      rulesLeft: metric(left.natRules, "rules", "router rules left after shutdown (target 0)")
+    }
+    const measured = Object.entries(metrics).filter(([key, value]) => {
+      if (Number.isFinite(value.value)) return true
+      log(`${key}: not measured`)
+      return false
     })
+    BenchResult.emit({ bench: "scale", metrics: Object.fromEntries(measured) })
   } finally {
     for (const socket of sockets) socket.close()
+    if (bridge !== undefined && process.env.SCALE_BRIDGE_NODE_OPTIONS !== undefined) {
+      bridge.process.send({ cmd: "exit" })
+      await Promise.race([bridge.exited, sleep(30_000)])
+    }
     bridge?.kill()
     upstream.kill()
   }

@@ -30,15 +30,13 @@ export class Child<M extends { readonly type: string }> {
   next<T extends M["type"]>(type: T, timeoutMs = 60_000): Promise<Extract<M, { readonly type: T }>> {
     return new Promise((resolve, reject) => {
       const timer = setTimeout(() => reject(new Error(`${this.name}: no "${type}" within ${timeoutMs} ms`)), timeoutMs)
-      const onExit = (code: number | null) => {
+      this.exited.then((code) => {
         clearTimeout(timer)
         reject(new Error(`${this.name} exited (code ${code}) while waiting for "${type}"`))
-      }
-      this.process.once("exit", onExit)
+      })
       const list = this.waiting.get(type) ?? []
       list.push((message) => {
         clearTimeout(timer)
-        this.process.off("exit", onExit)
         resolve(message as Extract<M, { readonly type: T }>)
       })
       this.waiting.set(type, list)
@@ -80,8 +78,9 @@ export const forkTs = <M extends { readonly type: string }>(
 }
 
 /**
- * Compiles a TypeScript script of bench/ to bench/.out/<name>.mjs (esbuild, no bundling: package imports resolve to
- * the built dist) and runs it with plain node, with IPC: the process holds only what the script loads.
+ * Bundles a TypeScript script of bench/ with what it imports (the built dist of the packages, effect) into
+ * bench/.out/<name>.mjs, as the `natpmp-bridge` bin is bundled, and runs it with plain node, with IPC: the process
+ * holds only what the script needs (loading effect's hundreds of unbundled modules alone takes about 40 MB more).
  */
 export const forkCompiled = async <M extends { readonly type: string }>(
   script: string,
@@ -99,7 +98,9 @@ export const forkCompiled = async <M extends { readonly type: string }>(
     format: "esm",
     platform: "node",
     target: "node20",
-    bundle: false,
+    bundle: true,
+    // node built-ins and CommonJS dependencies that use require()
+    banner: { js: "import { createRequire } from \"node:module\"; const require = createRequire(import.meta.url);" },
     logLevel: "warning"
   })
   const child = ChildProcess.fork(outfile, [], {
@@ -126,4 +127,15 @@ export const median = (values: ReadonlyArray<number>): number => {
   const sorted = [...values].sort((a, b) => a - b)
   const middle = Math.floor(sorted.length / 2)
   return sorted.length % 2 === 1 ? sorted[middle] : (sorted[middle - 1] + sorted[middle]) / 2
+}
+
+/** CPU time (user + system) of a process so far, in ms, from /proc (Linux; NaN elsewhere). */
+export const cpuMsOf = (pid: number): number => {
+  try {
+    const stat = Fs.readFileSync(`/proc/${pid}/stat`, "utf8")
+    const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ")
+    return ((Number(fields[11]) + Number(fields[12])) * 1000) / 100
+  } catch {
+    return Number.NaN
+  }
 }

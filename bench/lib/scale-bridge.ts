@@ -1,7 +1,7 @@
 /**
  * The bridge of the scale bench in its own process (so its RSS and CPU time are the bridge's alone): the same
- * `Bridge.layer` that `natpmp-bridge serve` runs, built from the built packages and run by plain node (compiled by
- * the bench with esbuild, no bundling: `@natpmp-bridge/server` resolves to its dist).
+ * `Bridge.layer` that `natpmp-bridge serve` runs, bundled by the bench with esbuild from the packages' dist (as the
+ * bin is) and run by plain node.
  *
  * Options come as JSON in SCALE_BRIDGE (programmatic `BridgeOptions`). Started with an IPC channel: sends
  * `{ type: "ready", port }`, answers `{ cmd: "stats" }` and `{ cmd: "reconcile" }` (runs one reconciliation and
@@ -42,7 +42,10 @@ export interface Reconciled {
   readonly error?: string
 }
 
-type Message = Ready | Stats | Reconciled | { readonly type: "stopped"; readonly wallMs: number }
+type Message = Ready | Stats | Reconciled | { readonly type: "snapshot"; readonly file: string } | {
+  readonly type: "stopped"
+  readonly wallMs: number
+}
 
 const send = (message: Message) => process.send?.(message)
 const cpuNow = () => {
@@ -64,7 +67,11 @@ const main = async () => {
 
   process.on("message", (message: { readonly cmd?: string }) => {
     switch (message.cmd) {
+      case "gc":
       case "stats": {
+        // "gc": a full collection first (needs --expose-gc), to tell live memory from garbage
+        const gc = (globalThis as { gc?: () => void }).gc
+        if (message.cmd === "gc" && gc !== undefined) gc()
         Effect.runPromise(Effect.all({ leases: mapping.leases, stats: server.stats })).then(({ leases, stats }) => {
           const memory = process.memoryUsage()
           send({
@@ -79,6 +86,14 @@ const main = async () => {
         })
         return
       }
+      case "snapshot": {
+        // a heap snapshot for profiling: SCALE_SNAPSHOT names the file
+        import("node:v8").then((v8) => {
+          const file = v8.writeHeapSnapshot(process.env.SCALE_SNAPSHOT)
+          send({ type: "snapshot", file })
+        })
+        return
+      }
       case "reconcile": {
         const cpu = cpuNow()
         const started = performance.now()
@@ -90,6 +105,11 @@ const main = async () => {
               : { ...base, removed: 0, recreated: 0, fixed: 0, error: result.left.message }
           )
         })
+        return
+      }
+      case "exit": {
+        // ends the process at once (a --cpu-prof profile is written)
+        process.exit(0)
         return
       }
       case "stop": {

@@ -218,13 +218,58 @@ export const conflicts = (rule: NatRule, use: PortUse): boolean =>
   addressMayMatch(rule, use.vpnAddresses) &&
   PortSpec.mayMatch(rule.dstPort, use.port)
 
+/**
+ * The positions of a printed table's rules: those of one protocol and one port by `protocol/port`, the others
+ * apart. Built once per table (a print of thousands of rules serves many conflict checks).
+ */
+interface ConflictIndex {
+  readonly exact: Map<string, Array<number>>
+  readonly other: ReadonlyArray<number>
+}
+
+const conflictIndexes = new WeakMap<ReadonlyArray<NatRule>, ConflictIndex>()
+
+const conflictIndexOf = (rules: ReadonlyArray<NatRule>): ConflictIndex => {
+  let index = conflictIndexes.get(rules)
+  if (index === undefined) {
+    const exact = new Map<string, Array<number>>()
+    const other: Array<number> = []
+    rules.forEach((rule, position) => {
+      const port = PortSpec.single(rule.dstPort)
+      if ((rule.protocol === "tcp" || rule.protocol === "udp") && Option.isSome(port)) {
+        const key = `${rule.protocol}/${port.value}`
+        const positions = exact.get(key)
+        if (positions === undefined) exact.set(key, [position])
+        else positions.push(position)
+      } else {
+        other.push(position)
+      }
+    })
+    index = { exact, other }
+    conflictIndexes.set(rules, index)
+  }
+  return index
+}
+
 /** The first rule of `rules` (other than those `except` names) that conflicts with `use`. */
 export const findConflict = (
   rules: ReadonlyArray<NatRule>,
   use: PortUse,
   except?: (rule: NatRule) => boolean
-): Option.Option<NatRule> =>
-  Option.fromNullable(rules.find((rule) => (except === undefined || !except(rule)) && conflicts(rule, use)))
+): Option.Option<NatRule> => {
+  if (except !== undefined || rules.length < 32) {
+    return Option.fromNullable(rules.find((rule) => (except === undefined || !except(rule)) && conflicts(rule, use)))
+  }
+  // a rule of one protocol and one port can only conflict on that protocol and port
+  const index = conflictIndexOf(rules)
+  let first = -1
+  for (const positions of [index.exact.get(`${use.protocol}/${use.port}`) ?? [], index.other]) {
+    for (const position of positions) {
+      if ((first === -1 || position < first) && conflicts(rules[position], use)) first = position
+    }
+  }
+  return first === -1 ? Option.none() : Option.some(rules[first])
+}
 
 /** A one-line description of a rule, for logs and error messages. */
 export const describeRule = (rule: NatRule): string =>
