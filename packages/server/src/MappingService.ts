@@ -22,6 +22,7 @@ import * as Deferred from "effect/Deferred"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
+import * as Fiber from "effect/Fiber"
 import * as FiberId from "effect/FiberId"
 import * as FiberSet from "effect/FiberSet"
 import * as Layer from "effect/Layer"
@@ -335,25 +336,33 @@ export const make = (
     const logUndo = (what: string) => <E extends { readonly message: string }>(effect: Effect.Effect<void, E>) =>
       effect.pipe(Effect.catchAll((error) => Effect.logWarning(`rollback: ${what} failed: ${error.message}`)))
 
-    /** Removes leases (under their locks): one router remove for all rules, VPN unmaps concurrently. */
-    const dropLeases = (dropped: ReadonlyArray<readonly [string, Lease]>, why: string) =>
+    /**
+     * Removes leases (under their locks): one router remove for all rules, VPN unmaps concurrently. `quiet` logs the
+     * removal at debug level only (a client's delete of one mapping: the server's request line already tells it).
+     */
+    const dropLeases = (dropped: ReadonlyArray<readonly [string, Lease]>, why: string, quiet = false) =>
       Effect.gen(function*() {
         if (dropped.length === 0) return
         // the expiry fiber need not wake: a removed lease at most makes it look once for nothing
         for (const [key] of dropped) leases.delete(key)
-        yield* Effect.all([
+        const unmap = ([key, lease]: readonly [string, Lease]) =>
+          vpn.unmap(lease.protocol, lease.upstreamPort).pipe(
+            Effect.catchAll((error) => Effect.logWarning(`${why}: VPN unmap failed: ${error.message}`)),
+            Effect.zipRight(releaseUpstream(lease.protocol, lease.upstreamPort, key))
+          )
+        // the rule removal runs in a fiber of its own while this one unmaps (one fork instead of one per step)
+        const removing = yield* Effect.fork(
           router.removeRules(dropped.map(([, lease]) => lease.ruleId)).pipe(
             Effect.catchAll((error) =>
               Effect.logWarning(`${why}: ${error.message} (reconciliation will remove the rule(s))`)
             )
-          ),
-          Effect.forEach(dropped, ([key, lease]) =>
-            vpn.unmap(lease.protocol, lease.upstreamPort).pipe(
-              Effect.catchAll((error) => Effect.logWarning(`${why}: VPN unmap failed: ${error.message}`)),
-              Effect.zipRight(releaseUpstream(lease.protocol, lease.upstreamPort, key))
-            ), { concurrency: "unbounded", discard: true })
-        ], { concurrency: "unbounded", discard: true })
-        yield* Effect.logInfo(`${why}: ${dropped.length} mapping(s) removed`).pipe(
+          )
+        )
+        if (dropped.length === 1) yield* unmap(dropped[0])
+        else yield* Effect.forEach(dropped, unmap, { concurrency: "unbounded", discard: true })
+        yield* Fiber.join(removing)
+        const message = `${why}: ${dropped.length} mapping(s) removed`
+        yield* (quiet ? Effect.logDebug(message) : Effect.logInfo(message)).pipe(
           Effect.annotateLogs({ mappings: dropped.map(([key]) => key).join(" ") })
         )
       })
@@ -585,7 +594,7 @@ export const make = (
         key,
         Effect.suspend(() => {
           const lease = leases.get(key)
-          return lease === undefined ? Effect.void : dropLeases([[key, lease]], "deleted by the client")
+          return lease === undefined ? Effect.void : dropLeases([[key, lease]], "deleted by the client", true)
         })
       ).pipe(Effect.as(deleted))
     }
