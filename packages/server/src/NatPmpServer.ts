@@ -164,9 +164,9 @@ export const make = (
 
     /** Metrics and the request's log line: at info for mappings, at debug for the rest. */
     const observe = (response: NatPmpMessage.Response, client: string, started: bigint) =>
-      Effect.gen(function*() {
-        const seconds = Number((yield* Clock.currentTimeNanos) - started) / 1e9
-        yield* metrics.request({ response, seconds })
+      Effect.clockWith((clock) => {
+        const seconds = Number(clock.unsafeCurrentTimeNanos() - started) / 1e9
+        metrics.unsafeRequest(response, seconds)
         const durationMs = Math.round(seconds * 1e6) / 1000
         if (response._tag === "MapResponse") {
           const { externalPort, internalPort, lifetime, protocol, resultCode } = response
@@ -175,7 +175,7 @@ export const make = (
             : lifetime === 0
             ? "deleted"
             : `public port ${externalPort}, ${lifetime} s`
-          return yield* Effect.logInfo(
+          return Effect.logInfo(
             `${protocol} ${client}:${internalPort === 0 ? "*" : internalPort}: ${outcome} (${durationMs} ms)`
           ).pipe(Effect.annotateLogs({
             key: `${client}/${protocol}/${internalPort}`,
@@ -188,19 +188,20 @@ export const make = (
             durationMs
           }))
         }
-        const level = yield* FiberRef.get(FiberRef.currentMinimumLogLevel)
-        if (LogLevel.greaterThan(level, LogLevel.Debug)) return
-        yield* Effect.logDebug(
-          `${response._tag === "PublicAddressResponse" ? "public address" : `opcode ${response.opcode}`}: ` +
-            `result ${response.resultCode} (${durationMs} ms)`
-        ).pipe(Effect.annotateLogs({ client, resultCode: response.resultCode, durationMs }))
+        return Effect.flatMap(FiberRef.get(FiberRef.currentMinimumLogLevel), (level) =>
+          LogLevel.greaterThan(level, LogLevel.Debug)
+            ? Effect.void
+            : Effect.logDebug(
+              `${response._tag === "PublicAddressResponse" ? "public address" : `opcode ${response.opcode}`}: ` +
+                `result ${response.resultCode} (${durationMs} ms)`
+            ).pipe(Effect.annotateLogs({ client, resultCode: response.resultCode, durationMs })))
       })
 
     const reply = (response: NatPmpMessage.Response, to: Udp.Datagram, client: string, started: bigint) =>
-      Effect.zipRight(
-        Effect.sync(() => sendAnswer(socket, NatPmpMessage.encodeResponse(response), to)),
-        observe(response, client, started)
-      )
+      Effect.suspend(() => {
+        sendAnswer(socket, NatPmpMessage.encodeResponse(response), to)
+        return observe(response, client, started)
+      })
 
     const serve = (datagram: Udp.Datagram, client: string, started: bigint) =>
       Effect.gen(function*() {
