@@ -96,6 +96,10 @@ export const make = (
     const runtime = yield* Effect.runtime<never>()
     const runSync = Runtime.runSync(runtime)
     const runFork = Runtime.runFork(runtime)
+    const runHandler = yield* FiberSet.runtime(handlers)<never>()
+    const clock = yield* Effect.clock
+    /** Starts the handler of a mapping request from an allowed client (set once the server can serve). */
+    let dispatch: ((datagram: Udp.Datagram) => void) | undefined = undefined
 
     /** Hands an answer to the kernel without waiting for the send (counted as answered unless it fails). */
     const sendAnswer = (socket: Dgram.Socket, bytes: Uint8Array, to: Udp.Datagram) => {
@@ -155,6 +159,14 @@ export const make = (
           sendAnswer(opened, answer.bytes, received)
           metrics.unsafeRequest(answer.response!, Number(process.hrtime.bigint() - started) / 1e9)
           return
+        }
+        // a mapping request from an allowed client gets its handler fiber right here, without the queue's hop
+        if (
+          dispatch !== undefined && bytes.length >= 2 && bytes[0] === NatPmpMessage.Version &&
+          (bytes[1] === NatPmpMessage.Opcode.MapUdp || bytes[1] === NatPmpMessage.Opcode.MapTcp) &&
+          policy.isAllowed(received.address)
+        ) {
+          return dispatch(received)
         }
         incoming.unsafeOffer(received)
       }
@@ -243,6 +255,25 @@ export const make = (
         Effect.annotateLogs({ client, clientPort: datagram.port })
       )
 
+    /** Serves an allowed client's datagram in a handler fiber of its own, unless too many are in progress. */
+    const start = (datagram: Udp.Datagram, client: string, started: bigint) => {
+      if (active >= maxConcurrent) {
+        stats.overloaded++
+        return
+      }
+      active++
+      runHandler(Effect.ensuring(
+        serve(datagram, client, started),
+        Effect.sync(() => {
+          active--
+        })
+      ))
+    }
+    dispatch = (datagram) => {
+      stats.received++
+      start(datagram, normalizeAddress(datagram.address), clock.unsafeCurrentTimeNanos())
+    }
+
     yield* Effect.forkScoped(Effect.forever(
       Effect.gen(function*() {
         const datagram = yield* Queue.take(incoming)
@@ -253,20 +284,7 @@ export const make = (
           stats.refused++
           return yield* Effect.logDebug(`dropped a datagram from ${client}: not an allowed client`)
         }
-        if (active >= maxConcurrent) {
-          stats.overloaded++
-          return
-        }
-        active++
-        yield* FiberSet.run(
-          handlers,
-          Effect.ensuring(
-            serve(datagram, client, started),
-            Effect.sync(() => {
-              active--
-            })
-          )
-        )
+        start(datagram, client, started)
       })
     ))
 
