@@ -224,19 +224,31 @@ const upstreamKey = (protocol: Protocol, port: number): string => `${protocol}/$
 const DYNAMIC_PORTS = { min: 49152, max: 65535 }
 
 /**
- * Runs `acquire` and registers `undo`, run when the enclosing scope closes with a failure. Unlike
- * `acquireRelease`, `acquire` stays interruptible: the bounded waits inside it (retransmission timeouts) rely on
- * interruption.
+ * The undos of a new mapping's steps so far, run in reverse when it fails. A plain list rather than a `Scope` with a
+ * finalizer per step: a finalizer costs two diffs of all the fiber's refs when the scope closes, even on success.
+ */
+type Undos = Array<() => Effect.Effect<void>>
+
+/**
+ * Runs `acquire` and registers `undo`, run when the new mapping fails. Unlike `acquireRelease`, `acquire` stays
+ * interruptible: the bounded waits inside it (retransmission timeouts) rely on interruption.
  */
 const step = <A, E, R>(
+  undos: Undos,
   acquire: Effect.Effect<A, E, R>,
   undo: (a: A) => Effect.Effect<void>
-): Effect.Effect<A, E, R | Scope.Scope> =>
-  Effect.tap(
-    acquire,
-    // finalizers run uninterruptibly; the undo's own timeouts need interruption
-    (a) => Effect.addFinalizer((exit) => Exit.isFailure(exit) ? Effect.interruptible(undo(a)) : Effect.void)
-  )
+): Effect.Effect<A, E, R> =>
+  Effect.map(acquire, (a) => {
+    undos.push(() => undo(a))
+    return a
+  })
+
+/**
+ * Runs the undos in reverse, each interruptible (their own timeouts need interruption; the cleanup itself runs
+ * uninterruptibly), each attempted even when one before it was interrupted.
+ */
+const runUndos = (undos: Undos): Effect.Effect<void> =>
+  Effect.forEach(undos.reverse(), (undo) => Effect.exit(Effect.interruptible(undo())), { discard: true })
 
 /**
  * Creates the mapping service: adopts the bridge's own rules left by a previous run, then starts the expiry,
@@ -326,12 +338,18 @@ export const make = (
         if (upstreamPorts.get(upstream) === key) upstreamPorts.delete(upstream)
       })
 
-    const leasesOf = (client: string) => [...leases.values()].filter((lease) => lease.client === client)
+    const heldBy = (client: string) => {
+      let held = 0
+      for (const lease of leases.values()) if (lease.client === client) held++
+      return held
+    }
 
-    const routerPortTaken = (protocol: Protocol, port: number, exceptKey: string) =>
-      [...leases.entries()].some(([key, lease]) =>
-        key !== exceptKey && lease.protocol === protocol && lease.routerPort === port
-      )
+    const routerPortTaken = (protocol: Protocol, port: number, exceptKey: string) => {
+      for (const [key, lease] of leases) {
+        if (key !== exceptKey && lease.protocol === protocol && lease.routerPort === port) return true
+      }
+      return false
+    }
 
     const logUndo = (what: string) => <E extends { readonly message: string }>(effect: Effect.Effect<void, E>) =>
       effect.pipe(Effect.catchAll((error) => Effect.logWarning(`rollback: ${what} failed: ${error.message}`)))
@@ -414,23 +432,42 @@ export const make = (
         return chosen
       })
 
+    /** A new mapping: its steps' undos run in reverse when it fails, then its quota reservation is released. */
     const create = (client: string, request: NatPmpMessage.MapRequest, lifetime: number) =>
-      Effect.scoped(Effect.gen(function*() {
+      Effect.suspend(() => {
+        const undos: Undos = []
+        let reserved = false
+        const release = Effect.sync(() => {
+          if (!reserved) return
+          const left = (pendingNew.get(client) ?? 1) - 1
+          if (left <= 0) pendingNew.delete(client)
+          else pendingNew.set(client, left)
+        })
+        return createSteps(client, request, lifetime, undos, () => {
+          reserved = true
+          pendingNew.set(client, (pendingNew.get(client) ?? 0) + 1)
+        }).pipe(
+          Effect.onExit((exit) =>
+            Exit.isSuccess(exit) || undos.length === 0 ? release : Effect.ensuring(runUndos(undos), release)
+          )
+        )
+      })
+
+    const createSteps = (
+      client: string,
+      request: NatPmpMessage.MapRequest,
+      lifetime: number,
+      undos: Undos,
+      reserve: () => void
+    ) =>
+      Effect.gen(function*() {
         const { internalPort, protocol } = request
         const key = keyOf(client, protocol, internalPort)
-        const held = leasesOf(client).length + (pendingNew.get(client) ?? 0)
+        const held = heldBy(client) + (pendingNew.get(client) ?? 0)
         if (held >= policy.clientQuota) {
           return yield* new QuotaExceededError({ client, quota: policy.clientQuota })
         }
-        yield* Effect.acquireRelease(
-          Effect.sync(() => pendingNew.set(client, (pendingNew.get(client) ?? 0) + 1)),
-          () =>
-            Effect.sync(() => {
-              const left = (pendingNew.get(client) ?? 1) - 1
-              if (left <= 0) pendingNew.delete(client)
-              else pendingNew.set(client, left)
-            })
-        )
+        reserve()
         const use = (port: number) => ({
           protocol,
           port,
@@ -451,6 +488,7 @@ export const make = (
         // The VPN mapping of the reserved upstream port, deleted again if a later step fails.
         const mapUpstream = (port: number) =>
           step(
+            undos,
             vpn.map({
               protocol,
               internalPort: port,
@@ -472,6 +510,7 @@ export const make = (
         let upstream: { readonly externalPort: number; readonly lifetime: number }
         if (portMode === "same") {
           upstreamPort = yield* step(
+            undos,
             reserveUpstream(protocol, [internalPort], key, () => true),
             (port) => releaseUpstream(protocol, port, key)
           )
@@ -483,6 +522,7 @@ export const make = (
           const rules = yield* sharedRules
           const candidates = [internalPort, request.suggestedExternalPort]
           upstreamPort = yield* step(
+            undos,
             reserveUpstream(
               protocol,
               candidates,
@@ -508,6 +548,7 @@ export const make = (
           ruleInSync: true
         }
         const ruleId = yield* step(
+          undos,
           router.addRule(specOf({ ...draft, ruleId: "" })),
           (id) => logUndo(`removing rule ${id}`)(router.removeRules([id]))
         )
@@ -518,7 +559,7 @@ export const make = (
             `dst-port ${routerPort}, ${lease.lifetime} s)`
         )
         return lease
-      }))
+      })
 
     // -------------------------------------------------------------------------
     // renewal
