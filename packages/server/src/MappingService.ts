@@ -378,7 +378,8 @@ export const make = (
         )
         if (dropped.length === 1) yield* unmap(dropped[0])
         else yield* Effect.forEach(dropped, unmap, { concurrency: "unbounded", discard: true })
-        yield* Fiber.join(removing)
+        // awaited, not joined: nothing of the removal's fiber refs is wanted back (a join diffs them all)
+        yield* Fiber.await(removing)
         const message = `${why}: ${dropped.length} mapping(s) removed`
         yield* (quiet ? Effect.logDebug(message) : Effect.logInfo(message)).pipe(
           Effect.annotateLogs({ mappings: dropped.map(([key]) => key).join(" ") })
