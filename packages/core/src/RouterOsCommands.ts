@@ -232,7 +232,51 @@ const decodeRows = <A, I>(schema: Schema.Schema<A, I>, what: string) => {
     })
 }
 
-const decodeNatRules = decodeRows(NatRule, "NAT rule")
+/** `NatRule` properties read by {@link decodeNatRules}'s fast path: camelCase name, RouterOS name. */
+const NAT_RULE_TEXT: ReadonlyArray<readonly [string, string]> = [
+  ["chain", "chain"],
+  ["action", "action"],
+  ["protocol", "protocol"],
+  ["dstPort", "dst-port"],
+  ["dstAddress", "dst-address"],
+  ["inInterface", "in-interface"],
+  ["inInterfaceList", "in-interface-list"],
+  ["toAddresses", "to-addresses"],
+  ["toPorts", "to-ports"],
+  ["comment", "comment"]
+]
+
+const decodeNatRulesWithSchema = decodeRows(NatRule, "NAT rule")
+
+/**
+ * The `NatRule` schema's decoding written out by hand (a print of every dstnat rule is decoded for each new mapping):
+ * the same result for well-formed rows; a row the fast path cannot take (no `.id`, a bad `disabled`) is left to the
+ * schema, for its error message.
+ */
+const decodeNatRules = (
+  rows: ReadonlyArray<Attributes>
+): Effect.Effect<ReadonlyArray<NatRule>, RouterOsProtocolError> => {
+  const rules = new Array<NatRule>(rows.length)
+  for (let i = 0; i < rows.length; i++) {
+    const row = rows[i]
+    const id = row[".id"]
+    const disabled = row["disabled"]
+    if (typeof id !== "string") return decodeNatRulesWithSchema(rows)
+    let flag = false
+    if (disabled !== undefined) {
+      if (disabled === "true" || disabled === "yes") flag = true
+      else if (disabled !== "false" && disabled !== "no") return decodeNatRulesWithSchema(rows)
+    }
+    const rule: Record<string, string | boolean> = { id }
+    for (const [name, key] of NAT_RULE_TEXT) {
+      const value = row[key]
+      if (value !== undefined) rule[name] = value
+    }
+    rule.disabled = flag
+    rules[i] = rule as unknown as NatRule
+  }
+  return Effect.succeed(rules)
+}
 const decodeRoutes = decodeRows(Route, "route")
 const decodeAddresses = decodeRows(IpAddress, "address")
 

@@ -21,7 +21,6 @@
  */
 import { NatPmpMessage } from "@natpmp-bridge/core"
 import * as Cause from "effect/Cause"
-import * as Clock from "effect/Clock"
 import * as Context from "effect/Context"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
@@ -198,6 +197,14 @@ export interface Service {
     seconds: number,
     failure: Option.Option<{ readonly kind: string; readonly message: string }>
   ) => Effect.Effect<void>
+  /** The same, outside any fiber (`now`: clock milliseconds). */
+  readonly unsafeUpstream: (
+    upstream: "vpn" | "router",
+    operation: string,
+    seconds: number,
+    now: number,
+    failure: Option.Option<{ readonly kind: string; readonly message: string }>
+  ) => void
   readonly reconciled: (report: ReconcileReport) => Effect.Effect<void>
   readonly reconcileFailed: Effect.Effect<void>
   readonly setActiveLeases: (count: number) => Effect.Effect<void>
@@ -211,6 +218,7 @@ const noop: Service = {
   request: () => Effect.void,
   unsafeRequest: () => {},
   upstream: () => Effect.void,
+  unsafeUpstream: () => {},
   reconciled: () => Effect.void,
   reconcileFailed: Effect.void,
   setActiveLeases: () => Effect.void,
@@ -288,26 +296,31 @@ export const make = (options: { readonly bridgeId: string }): Effect.Effect<Serv
       durations(opcode).unsafeUpdate(seconds, noLabels)
     }
 
+    const unsafeUpstream: Service["unsafeUpstream"] = (upstream, operation, seconds, now, failure) => {
+      latencies(upstream, operation).unsafeUpdate(seconds, noLabels)
+      if (Option.isSome(failure)) {
+        const errors = upstream === "router"
+          ? routerErrorCounter(failure.value.kind)
+          : vpnErrorCounter(failure.value.kind)
+        errors.unsafeUpdate(1, noLabels)
+        if (upstream === "router") observed.routerError = Option.some(failure.value.message)
+        else observed.vpnError = Option.some(failure.value.message)
+      } else if (upstream === "router") {
+        observed.routerOkAt = Option.some(now)
+      } else {
+        observed.vpnOkAt = Option.some(now)
+      }
+    }
+
     return {
       bridgeId: options.bridgeId,
       request: ({ response, seconds }) => Effect.sync(() => unsafeRequest(response, seconds)),
       unsafeRequest,
       upstream: (upstream, operation, seconds, failure) =>
-        Effect.gen(function*() {
-          yield* Metric.update(latencies(upstream, operation), seconds)
-          const now = yield* Clock.currentTimeMillis
-          if (Option.isSome(failure)) {
-            yield* Metric.increment(
-              upstream === "router" ? routerErrorCounter(failure.value.kind) : vpnErrorCounter(failure.value.kind)
-            )
-            if (upstream === "router") observed.routerError = Option.some(failure.value.message)
-            else observed.vpnError = Option.some(failure.value.message)
-          } else if (upstream === "router") {
-            observed.routerOkAt = Option.some(now)
-          } else {
-            observed.vpnOkAt = Option.some(now)
-          }
-        }),
+        Effect.clockWith((clock) =>
+          Effect.sync(() => unsafeUpstream(upstream, operation, seconds, clock.unsafeCurrentTimeMillis(), failure))
+        ),
+      unsafeUpstream,
       reconciled: (report) =>
         Effect.all([
           Metric.increment(runs),
@@ -343,6 +356,7 @@ export const layer = (options: { readonly bridgeId: string }): Layer.Layer<Bridg
 // instrumentation of the upstream services
 // -----------------------------------------------------------------------------
 
+/** Times `effect` with the clock read synchronously, and records it without a fiber step of its own. */
 const timed = <A, E>(
   metrics: Service,
   upstream: "vpn" | "router",
@@ -350,22 +364,24 @@ const timed = <A, E>(
   kindOf: (error: E) => string,
   effect: Effect.Effect<A, E>
 ): Effect.Effect<A, E> =>
-  Effect.gen(function*() {
-    const started = yield* Clock.currentTimeNanos
-    const exit = yield* Effect.exit(effect)
-    const seconds = Number((yield* Clock.currentTimeNanos) - started) / 1e9
-    yield* metrics.upstream(
-      upstream,
-      operation,
-      seconds,
-      exit._tag === "Failure"
-        ? Option.map(
-          Cause.failureOption(exit.cause),
-          (error) => ({ kind: kindOf(error), message: (error as { readonly message?: string }).message ?? "failed" })
-        )
-        : Option.none()
-    )
-    return yield* exit
+  Effect.clockWith((clock) => {
+    const started = clock.unsafeCurrentTimeNanos()
+    return Effect.flatMap(Effect.exit(effect), (exit) => {
+      const seconds = Number(clock.unsafeCurrentTimeNanos() - started) / 1e9
+      metrics.unsafeUpstream(
+        upstream,
+        operation,
+        seconds,
+        clock.unsafeCurrentTimeMillis(),
+        exit._tag === "Failure"
+          ? Option.map(
+            Cause.failureOption(exit.cause),
+            (error) => ({ kind: kindOf(error), message: (error as { readonly message?: string }).message ?? "failed" })
+          )
+          : Option.none()
+      )
+      return exit
+    })
   })
 
 /** The router service, timed (`upstream="router"`), its failures counted by kind. */

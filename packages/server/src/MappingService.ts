@@ -22,6 +22,7 @@ import * as Deferred from "effect/Deferred"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
+import * as Fiber from "effect/Fiber"
 import * as FiberId from "effect/FiberId"
 import * as FiberSet from "effect/FiberSet"
 import * as Layer from "effect/Layer"
@@ -223,19 +224,31 @@ const upstreamKey = (protocol: Protocol, port: number): string => `${protocol}/$
 const DYNAMIC_PORTS = { min: 49152, max: 65535 }
 
 /**
- * Runs `acquire` and registers `undo`, run when the enclosing scope closes with a failure. Unlike
- * `acquireRelease`, `acquire` stays interruptible: the bounded waits inside it (retransmission timeouts) rely on
- * interruption.
+ * The undos of a new mapping's steps so far, run in reverse when it fails. A plain list rather than a `Scope` with a
+ * finalizer per step: a finalizer costs two diffs of all the fiber's refs when the scope closes, even on success.
+ */
+type Undos = Array<() => Effect.Effect<void>>
+
+/**
+ * Runs `acquire` and registers `undo`, run when the new mapping fails. Unlike `acquireRelease`, `acquire` stays
+ * interruptible: the bounded waits inside it (retransmission timeouts) rely on interruption.
  */
 const step = <A, E, R>(
+  undos: Undos,
   acquire: Effect.Effect<A, E, R>,
   undo: (a: A) => Effect.Effect<void>
-): Effect.Effect<A, E, R | Scope.Scope> =>
-  Effect.tap(
-    acquire,
-    // finalizers run uninterruptibly; the undo's own timeouts need interruption
-    (a) => Effect.addFinalizer((exit) => Exit.isFailure(exit) ? Effect.interruptible(undo(a)) : Effect.void)
-  )
+): Effect.Effect<A, E, R> =>
+  Effect.map(acquire, (a) => {
+    undos.push(() => undo(a))
+    return a
+  })
+
+/**
+ * Runs the undos in reverse, each interruptible (their own timeouts need interruption; the cleanup itself runs
+ * uninterruptibly), each attempted even when one before it was interrupted.
+ */
+const runUndos = (undos: Undos): Effect.Effect<void> =>
+  Effect.forEach(undos.reverse(), (undo) => Effect.exit(Effect.interruptible(undo())), { discard: true })
 
 /**
  * Creates the mapping service: adopts the bridge's own rules left by a previous run, then starts the expiry,
@@ -325,17 +338,15 @@ export const make = (
         if (upstreamPorts.get(upstream) === key) upstreamPorts.delete(upstream)
       })
 
-    // loops without copying the lease table: they run per new mapping, with up to tens of thousands of leases
-    const leaseCountOf = (client: string) => {
-      let count = 0
-      for (const lease of leases.values()) if (lease.client === client) count++
-      return count
+    const heldBy = (client: string) => {
+      let held = 0
+      for (const lease of leases.values()) if (lease.client === client) held++
+      return held
     }
 
     const routerPortTaken = (protocol: Protocol, port: number, exceptKey: string) => {
-      const except = leases.get(exceptKey)
-      for (const lease of leases.values()) {
-        if (lease !== except && lease.protocol === protocol && lease.routerPort === port) return true
+      for (const [key, lease] of leases) {
+        if (key !== exceptKey && lease.protocol === protocol && lease.routerPort === port) return true
       }
       return false
     }
@@ -343,25 +354,34 @@ export const make = (
     const logUndo = (what: string) => <E extends { readonly message: string }>(effect: Effect.Effect<void, E>) =>
       effect.pipe(Effect.catchAll((error) => Effect.logWarning(`rollback: ${what} failed: ${error.message}`)))
 
-    /** Removes leases (under their locks): one router remove for all rules, VPN unmaps concurrently. */
-    const dropLeases = (dropped: ReadonlyArray<readonly [string, Lease]>, why: string) =>
+    /**
+     * Removes leases (under their locks): one router remove for all rules, VPN unmaps concurrently. `quiet` logs the
+     * removal at debug level only (a client's delete of one mapping: the server's request line already tells it).
+     */
+    const dropLeases = (dropped: ReadonlyArray<readonly [string, Lease]>, why: string, quiet = false) =>
       Effect.gen(function*() {
         if (dropped.length === 0) return
         // the expiry fiber need not wake: a removed lease at most makes it look once for nothing
         for (const [key] of dropped) leases.delete(key)
-        yield* Effect.all([
+        const unmap = ([key, lease]: readonly [string, Lease]) =>
+          vpn.unmap(lease.protocol, lease.upstreamPort).pipe(
+            Effect.catchAll((error) => Effect.logWarning(`${why}: VPN unmap failed: ${error.message}`)),
+            Effect.zipRight(releaseUpstream(lease.protocol, lease.upstreamPort, key))
+          )
+        // the rule removal runs in a fiber of its own while this one unmaps (one fork instead of one per step)
+        const removing = yield* Effect.fork(
           router.removeRules(dropped.map(([, lease]) => lease.ruleId)).pipe(
             Effect.catchAll((error) =>
               Effect.logWarning(`${why}: ${error.message} (reconciliation will remove the rule(s))`)
             )
-          ),
-          Effect.forEach(dropped, ([key, lease]) =>
-            vpn.unmap(lease.protocol, lease.upstreamPort).pipe(
-              Effect.catchAll((error) => Effect.logWarning(`${why}: VPN unmap failed: ${error.message}`)),
-              Effect.zipRight(releaseUpstream(lease.protocol, lease.upstreamPort, key))
-            ), { concurrency: "unbounded", discard: true })
-        ], { concurrency: "unbounded", discard: true })
-        yield* Effect.logInfo(`${why}: ${dropped.length} mapping(s) removed`).pipe(
+          )
+        )
+        if (dropped.length === 1) yield* unmap(dropped[0])
+        else yield* Effect.forEach(dropped, unmap, { concurrency: "unbounded", discard: true })
+        // awaited, not joined: nothing of the removal's fiber refs is wanted back (a join diffs them all)
+        yield* Fiber.await(removing)
+        const message = `${why}: ${dropped.length} mapping(s) removed`
+        yield* (quiet ? Effect.logDebug(message) : Effect.logInfo(message)).pipe(
           Effect.annotateLogs({ mappings: dropped.map(([key]) => key).join(" ") })
         )
       })
@@ -430,23 +450,42 @@ export const make = (
         return chosen
       })
 
+    /** A new mapping: its steps' undos run in reverse when it fails, then its quota reservation is released. */
     const create = (client: string, request: NatPmpMessage.MapRequest, lifetime: number) =>
-      Effect.scoped(Effect.gen(function*() {
+      Effect.suspend(() => {
+        const undos: Undos = []
+        let reserved = false
+        const release = Effect.sync(() => {
+          if (!reserved) return
+          const left = (pendingNew.get(client) ?? 1) - 1
+          if (left <= 0) pendingNew.delete(client)
+          else pendingNew.set(client, left)
+        })
+        return createSteps(client, request, lifetime, undos, () => {
+          reserved = true
+          pendingNew.set(client, (pendingNew.get(client) ?? 0) + 1)
+        }).pipe(
+          Effect.onExit((exit) =>
+            Exit.isSuccess(exit) || undos.length === 0 ? release : Effect.ensuring(runUndos(undos), release)
+          )
+        )
+      })
+
+    const createSteps = (
+      client: string,
+      request: NatPmpMessage.MapRequest,
+      lifetime: number,
+      undos: Undos,
+      reserve: () => void
+    ) =>
+      Effect.gen(function*() {
         const { internalPort, protocol } = request
         const key = keyOf(client, protocol, internalPort)
-        const held = leaseCountOf(client) + (pendingNew.get(client) ?? 0)
+        const held = heldBy(client) + (pendingNew.get(client) ?? 0)
         if (held >= policy.clientQuota) {
           return yield* new QuotaExceededError({ client, quota: policy.clientQuota })
         }
-        yield* Effect.acquireRelease(
-          Effect.sync(() => pendingNew.set(client, (pendingNew.get(client) ?? 0) + 1)),
-          () =>
-            Effect.sync(() => {
-              const left = (pendingNew.get(client) ?? 1) - 1
-              if (left <= 0) pendingNew.delete(client)
-              else pendingNew.set(client, left)
-            })
-        )
+        reserve()
         const use = (port: number) => ({
           protocol,
           port,
@@ -467,6 +506,7 @@ export const make = (
         // The VPN mapping of the reserved upstream port, deleted again if a later step fails.
         const mapUpstream = (port: number) =>
           step(
+            undos,
             vpn.map({
               protocol,
               internalPort: port,
@@ -488,6 +528,7 @@ export const make = (
         let upstream: { readonly externalPort: number; readonly lifetime: number }
         if (portMode === "same") {
           upstreamPort = yield* step(
+            undos,
             reserveUpstream(protocol, [internalPort], key, () => true),
             (port) => releaseUpstream(protocol, port, key)
           )
@@ -499,6 +540,7 @@ export const make = (
           const rules = yield* sharedRules
           const candidates = [internalPort, request.suggestedExternalPort]
           upstreamPort = yield* step(
+            undos,
             reserveUpstream(
               protocol,
               candidates,
@@ -524,6 +566,7 @@ export const make = (
           ruleInSync: true
         }
         const ruleId = yield* step(
+          undos,
           router.addRule(specOf({ ...draft, ruleId: "" })),
           (id) => logUndo(`removing rule ${id}`)(router.removeRules([id]))
         )
@@ -534,7 +577,7 @@ export const make = (
             `dst-port ${routerPort}, ${lease.lifetime} s)`
         )
         return lease
-      }))
+      })
 
     // -------------------------------------------------------------------------
     // renewal
@@ -610,7 +653,7 @@ export const make = (
         key,
         Effect.suspend(() => {
           const lease = leases.get(key)
-          return lease === undefined ? Effect.void : dropLeases([[key, lease]], "deleted by the client")
+          return lease === undefined ? Effect.void : dropLeases([[key, lease]], "deleted by the client", true)
         })
       ).pipe(Effect.as(deleted))
     }

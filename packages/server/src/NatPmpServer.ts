@@ -96,6 +96,10 @@ export const make = (
     const runtime = yield* Effect.runtime<never>()
     const runSync = Runtime.runSync(runtime)
     const runFork = Runtime.runFork(runtime)
+    const runHandler = yield* FiberSet.runtime(handlers)<never>()
+    const clock = yield* Effect.clock
+    /** Starts the handler of a mapping request from an allowed client (set once the server can serve). */
+    let dispatch: ((datagram: Udp.Datagram) => void) | undefined = undefined
 
     /** Hands an answer to the kernel without waiting for the send (counted as answered unless it fails). */
     const sendAnswer = (socket: Dgram.Socket, bytes: Uint8Array, to: Udp.Datagram) => {
@@ -156,6 +160,14 @@ export const make = (
           metrics.unsafeRequest(answer.response!, Number(process.hrtime.bigint() - started) / 1e9)
           return
         }
+        // a mapping request from an allowed client gets its handler fiber right here, without the queue's hop
+        if (
+          dispatch !== undefined && bytes.length >= 2 && bytes[0] === NatPmpMessage.Version &&
+          (bytes[1] === NatPmpMessage.Opcode.MapUdp || bytes[1] === NatPmpMessage.Opcode.MapTcp) &&
+          policy.isAllowed(received.address)
+        ) {
+          return dispatch(received)
+        }
         incoming.unsafeOffer(received)
       }
     ).pipe(Effect.mapError((error) => new NatPmpServerError({ reason: error.message, cause: error })))
@@ -164,9 +176,9 @@ export const make = (
 
     /** Metrics and the request's log line: at info for mappings, at debug for the rest. */
     const observe = (response: NatPmpMessage.Response, client: string, started: bigint) =>
-      Effect.gen(function*() {
-        const seconds = Number((yield* Clock.currentTimeNanos) - started) / 1e9
-        yield* metrics.request({ response, seconds })
+      Effect.clockWith((clock) => {
+        const seconds = Number(clock.unsafeCurrentTimeNanos() - started) / 1e9
+        metrics.unsafeRequest(response, seconds)
         const durationMs = Math.round(seconds * 1e6) / 1000
         if (response._tag === "MapResponse") {
           const { externalPort, internalPort, lifetime, protocol, resultCode } = response
@@ -175,7 +187,7 @@ export const make = (
             : lifetime === 0
             ? "deleted"
             : `public port ${externalPort}, ${lifetime} s`
-          return yield* Effect.logInfo(
+          return Effect.logInfo(
             `${protocol} ${client}:${internalPort === 0 ? "*" : internalPort}: ${outcome} (${durationMs} ms)`
           ).pipe(Effect.annotateLogs({
             key: `${client}/${protocol}/${internalPort}`,
@@ -188,19 +200,20 @@ export const make = (
             durationMs
           }))
         }
-        const level = yield* FiberRef.get(FiberRef.currentMinimumLogLevel)
-        if (LogLevel.greaterThan(level, LogLevel.Debug)) return
-        yield* Effect.logDebug(
-          `${response._tag === "PublicAddressResponse" ? "public address" : `opcode ${response.opcode}`}: ` +
-            `result ${response.resultCode} (${durationMs} ms)`
-        ).pipe(Effect.annotateLogs({ client, resultCode: response.resultCode, durationMs }))
+        return Effect.flatMap(FiberRef.get(FiberRef.currentMinimumLogLevel), (level) =>
+          LogLevel.greaterThan(level, LogLevel.Debug)
+            ? Effect.void
+            : Effect.logDebug(
+              `${response._tag === "PublicAddressResponse" ? "public address" : `opcode ${response.opcode}`}: ` +
+                `result ${response.resultCode} (${durationMs} ms)`
+            ).pipe(Effect.annotateLogs({ client, resultCode: response.resultCode, durationMs })))
       })
 
     const reply = (response: NatPmpMessage.Response, to: Udp.Datagram, client: string, started: bigint) =>
-      Effect.zipRight(
-        Effect.sync(() => sendAnswer(socket, NatPmpMessage.encodeResponse(response), to)),
-        observe(response, client, started)
-      )
+      Effect.suspend(() => {
+        sendAnswer(socket, NatPmpMessage.encodeResponse(response), to)
+        return observe(response, client, started)
+      })
 
     const serve = (datagram: Udp.Datagram, client: string, started: bigint) =>
       Effect.gen(function*() {
@@ -242,6 +255,25 @@ export const make = (
         Effect.annotateLogs({ client, clientPort: datagram.port })
       )
 
+    /** Serves an allowed client's datagram in a handler fiber of its own, unless too many are in progress. */
+    const start = (datagram: Udp.Datagram, client: string, started: bigint) => {
+      if (active >= maxConcurrent) {
+        stats.overloaded++
+        return
+      }
+      active++
+      runHandler(Effect.ensuring(
+        serve(datagram, client, started),
+        Effect.sync(() => {
+          active--
+        })
+      ))
+    }
+    dispatch = (datagram) => {
+      stats.received++
+      start(datagram, normalizeAddress(datagram.address), clock.unsafeCurrentTimeNanos())
+    }
+
     yield* Effect.forkScoped(Effect.forever(
       Effect.gen(function*() {
         const datagram = yield* Queue.take(incoming)
@@ -252,20 +284,7 @@ export const make = (
           stats.refused++
           return yield* Effect.logDebug(`dropped a datagram from ${client}: not an allowed client`)
         }
-        if (active >= maxConcurrent) {
-          stats.overloaded++
-          return
-        }
-        active++
-        yield* FiberSet.run(
-          handlers,
-          Effect.ensuring(
-            serve(datagram, client, started),
-            Effect.sync(() => {
-              active--
-            })
-          )
-        )
+        start(datagram, client, started)
       })
     ))
 
