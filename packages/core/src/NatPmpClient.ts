@@ -1,8 +1,9 @@
 /**
  * A NAT-PMP (RFC 6886) client for one gateway.
  *
- * - Requests go out one at a time (a serial queue) and are retransmitted per RFC 6886 §3.1: first after 250 ms,
- *   doubling, at most 9 sends (about 127.75 s); an ICMP port unreachable ends the wait early.
+ * - Requests go out one at a time (a serial queue; `maxInFlight` allows more, each mapping's requests staying
+ *   serial) and are retransmitted per RFC 6886 §3.1: first after 250 ms, doubling, at most 9 sends (about
+ *   127.75 s); an ICMP port unreachable ends the wait early.
  * - Replies are accepted only from `gateway:port` and, for mapping requests, only with the request's opcode and
  *   internal port.
  * - Every reply and announcement goes through the epoch check of §3.6; a gateway that lost its state is reported
@@ -203,6 +204,13 @@ export interface Options {
   /** Sends per request before giving up (default 9, about 127.75 s in total with the default timeout). */
   readonly maxAttempts?: number | undefined
   /**
+   * Requests outstanding at once (default 1: RFC 6886 §3.1's serial queue). With more, requests of one mapping
+   * (opcode and internal port; op 0 by its opcode; every delete-all) still go out one at a time, since their replies
+   * could not be told apart, and each has its own retransmission schedule; callers are admitted first come, first
+   * served.
+   */
+  readonly maxInFlight?: number | undefined
+  /**
    * Listen for announcements (default `224.0.0.1:5350`); `false` to not listen. A multicast address is joined on
    * the default interface with the port bound on all addresses (SO_REUSEADDR); any other address is bound as is.
    */
@@ -219,10 +227,21 @@ const checkLifetime = (value: number): Effect.Effect<void> =>
     ? Effect.void
     : Effect.dieMessage(`lifetime must be an integer number of seconds in 0..4294967295, got ${value}`)
 
-/** The end of a retransmission wait, posted by the client's timer. */
-interface WaitOver {
-  readonly _tag: "WaitOver"
-  readonly attempt: number
+/**
+ * What a request waiting for its reply is handed: a reply the socket callback matched to it (with its arrival
+ * time), an ICMP port unreachable, or the end of a retransmission wait (posted by the client's timer).
+ */
+type Delivery =
+  | { readonly _tag: "Reply"; readonly response: NatPmpMessage.Response; readonly arrivedAt: number }
+  | { readonly _tag: "Unreachable"; readonly cause: unknown }
+  | { readonly _tag: "WaitOver"; readonly attempt: number }
+
+/** A request on the wire, waiting for its reply. */
+interface Pending {
+  readonly opcode: number
+  readonly mailbox: Queue.Queue<Delivery>
+  /** The end of the current retransmission wait. */
+  deadline: { readonly attempt: number; readonly at: number } | undefined
 }
 
 const opcodeOfRequest = (request: NatPmpMessage.Request): number =>
@@ -230,8 +249,20 @@ const opcodeOfRequest = (request: NatPmpMessage.Request): number =>
     ? NatPmpMessage.Opcode.PublicAddress
     : NatPmpMessage.opcodeOf(request.protocol)
 
+/** What a reply answers: op 0 by its opcode, op 1/2 by opcode and internal port. */
+const replyKey = (opcode: number, internalPort: number | undefined): string =>
+  internalPort === undefined ? `${opcode}` : `${opcode}:${internalPort}`
+
+const requestReplyKey = (request: NatPmpMessage.Request): string =>
+  replyKey(opcodeOfRequest(request), request._tag === "MapRequest" ? request.internalPort : undefined)
+
+/** Requests with the same key go out one at a time; every delete-all shares one key. */
+const requestLockKey = (request: NatPmpMessage.Request): string =>
+  request._tag === "MapRequest" && request.internalPort === 0 ? "all" : requestReplyKey(request)
+
 interface EpochMark {
   readonly epoch: number
+  /** When the reply carrying `epoch` arrived: the gateway had that epoch at the latest then. */
   readonly at: number
 }
 
@@ -246,66 +277,155 @@ export const make = (options: Options): Effect.Effect<Service, NatPmpSocketError
     const port = options.port ?? NatPmpMessage.ServerPort
     const initialTimeout = Duration.decode(options.initialTimeout ?? Duration.millis(250))
     const maxAttempts = Math.max(1, options.maxAttempts ?? 9)
+    const maxInFlight = options.maxInFlight ?? 1
+    if (!Number.isInteger(maxInFlight) || maxInFlight < 1) {
+      return yield* Effect.dieMessage(`maxInFlight must be an integer of at least 1, got ${maxInFlight}`)
+    }
+    const clock = yield* Effect.clock
 
-    // what the socket received, and the ends of the retransmission waits (a sliding queue drops the oldest item: the
-    // latest end of a wait is never lost)
-    const incoming = yield* Queue.sliding<Udp.Incoming | WaitOver>(256)
+    // The requests on the wire by reply key (at most one per key: requests of one key are serialized), oldest first.
+    const pending = new Map<string, Pending>()
+    const peer: { address: string | undefined } = { address: undefined } // the gateway, once connected
+    const isFromGateway = (datagram: { readonly address: string; readonly port: number }) =>
+      datagram.address === peer.address && datagram.port === port
+    // What the socket callback could not hand to a request, for the debug log.
+    const ignored = yield* Queue.sliding<string>(64)
+    const deliver = (item: Udp.Incoming): void => {
+      if (item._tag === "Error") {
+        if (item.failure.code === "ECONNREFUSED" && pending.size > 0) {
+          for (const waiting of pending.values()) {
+            waiting.mailbox.unsafeOffer({ _tag: "Unreachable", cause: item.failure.cause })
+          }
+        } else {
+          ignored.unsafeOffer(`NAT-PMP socket error ignored: ${item.failure.message}`)
+        }
+        return
+      }
+      if (!isFromGateway(item)) {
+        ignored.unsafeOffer(`ignored a datagram from ${item.address}:${item.port}`)
+        return
+      }
+      const arrivedAt = clock.unsafeCurrentTimeMillis()
+      const decoded = NatPmpMessage.decodeResponse(item.bytes)
+      if (Either.isLeft(decoded)) {
+        ignored.unsafeOffer("ignored a malformed datagram from the gateway")
+        return
+      }
+      const response = decoded.right
+      let to: Pending | undefined
+      switch (response._tag) {
+        case "ErrorResponse": // carries no internal port: it answers the oldest request of its opcode
+          for (const waiting of pending.values()) {
+            if (waiting.opcode === response.opcode) {
+              to = waiting
+              break
+            }
+          }
+          break
+        case "PublicAddressResponse":
+          to = pending.get(replyKey(NatPmpMessage.Opcode.PublicAddress, undefined))
+          break
+        case "MapResponse":
+          to = pending.get(replyKey(NatPmpMessage.opcodeOf(response.protocol), response.internalPort))
+          break
+      }
+      if (to === undefined) {
+        ignored.unsafeOffer(`ignored a ${response._tag} that does not answer a pending request`)
+        return
+      }
+      to.mailbox.unsafeOffer({ _tag: "Reply", response, arrivedAt })
+    }
     const socket = yield* Udp.open(
       { address: options.localAddress, connect: { address: options.gateway, port } },
-      (datagram) => incoming.unsafeOffer(datagram)
+      (datagram) => deliver(datagram)
     ).pipe(Effect.mapError(socketError))
     const gateway = (yield* Udp.remoteAddress(socket).pipe(Effect.mapError(socketError))).address
+    peer.address = gateway
     const label = `${gateway}:${port}`
+    yield* Effect.forkScoped(Effect.forever(Effect.flatMap(Queue.take(ignored), Effect.logDebug)))
 
     const events = yield* PubSub.unbounded<GatewayEvent>()
     const lastEpoch = yield* Ref.make(Option.none<EpochMark>())
     const lastPublicAddress = yield* Ref.make(Option.none<string>())
-    const serial = FifoLock.make()
+    // RFC 6886 §3.1's serial queue with `maxInFlight` 1; otherwise that many requests at once, each key serialized.
+    const slots = FifoLock.make(maxInFlight)
+    const keyLocks = new Map<string, { readonly lock: FifoLock.FifoLock; users: number }>()
+    const withKeyLock = (key: string) => <A, E, R>(effect: Effect.Effect<A, E, R>): Effect.Effect<A, E, R> =>
+      Effect.uninterruptibleMask((restore) =>
+        Effect.suspend(() => {
+          let entry = keyLocks.get(key)
+          if (entry === undefined) {
+            entry = { lock: FifoLock.make(), users: 0 }
+            keyLocks.set(key, entry)
+          }
+          const held = entry
+          held.users++
+          return Effect.ensuring(
+            restore(held.lock.withLock(effect)),
+            Effect.sync(() => {
+              if (--held.users === 0) keyLocks.delete(key)
+            })
+          )
+        })
+      )
 
-    // The end of the current retransmission wait: one timer fiber for the client's life posts a `WaitOver` into
-    // `incoming` at the deadline (requests are serial, so there is at most one wait at a time). A timeout race per
-    // attempt would fork two fibers per request.
-    let wait: { readonly attempt: number; readonly at: number } | undefined
+    // The ends of the retransmission waits: one timer fiber for the client's life posts a `WaitOver` into a
+    // request's mailbox at its deadline (a timeout race per attempt would fork two fibers per request).
+    const waiting = new Set<Pending>()
     let timerSleepsUntil: number | undefined // undefined: the timer waits for a deadline
     let attempts = 0
     const timerWake = yield* Queue.sliding<void>(1)
-    const setDeadline = (at: number): number => {
+    const setDeadline = (request: Pending, at: number): number => {
       const attempt = ++attempts
-      wait = { attempt, at }
+      request.deadline = { attempt, at }
+      waiting.add(request)
       if (timerSleepsUntil === undefined || at < timerSleepsUntil) {
-        timerSleepsUntil = Number.NEGATIVE_INFINITY // woken: it looks at `wait` again
+        timerSleepsUntil = Number.NEGATIVE_INFINITY // woken: it looks at the deadlines again
         timerWake.unsafeOffer(undefined)
       }
       return attempt
     }
+    const clearDeadline = (request: Pending): void => {
+      request.deadline = undefined
+      waiting.delete(request)
+    }
     yield* Effect.forkScoped(Effect.forever(Effect.gen(function*() {
       const now = yield* Clock.currentTimeMillis
-      const current = wait // read after the last yield: from here to the sleep nothing else runs
-      if (current !== undefined && current.at <= now) {
-        wait = undefined
-        incoming.unsafeOffer({ _tag: "WaitOver", attempt: current.attempt })
-        return
+      // from here to the sleep nothing else runs
+      let next: number | undefined
+      for (const request of waiting) {
+        const deadline = request.deadline
+        if (deadline === undefined) {
+          waiting.delete(request)
+        } else if (deadline.at <= now) {
+          clearDeadline(request)
+          request.mailbox.unsafeOffer({ _tag: "WaitOver", attempt: deadline.attempt })
+        } else if (next === undefined || deadline.at < next) {
+          next = deadline.at
+        }
       }
-      timerSleepsUntil = current?.at
-      yield* current === undefined
+      timerSleepsUntil = next
+      yield* next === undefined
         ? Queue.take(timerWake)
-        : Effect.raceFirst(Effect.sleep(Duration.millis(current.at - now)), Queue.take(timerWake))
+        : Effect.raceFirst(Effect.sleep(Duration.millis(next - now)), Queue.take(timerWake))
     })))
 
-    // RFC 6886 §3.6: the epoch must advance by at least 7/8 of the local time elapsed, within 2 s.
-    const observeEpoch = (epoch: number) =>
+    // RFC 6886 §3.6: the epoch must advance by at least 7/8 of the local time elapsed, within 2 s. The time elapsed
+    // is counted from the arrival of the latest reply (the gateway had its epoch then at the latest) to `sentAt`,
+    // when this reply's request went out (the gateway answered after that), so a reply handled late (a backlog, a
+    // stalled process) is not mistaken for a gateway that lost its state.
+    const observeEpoch = (epoch: number, sentAt: number, arrivedAt: number) =>
       Effect.gen(function*() {
-        const now = yield* Clock.currentTimeMillis
         const reset = yield* Ref.modify(lastEpoch, (last): [GatewayReset | undefined, Option.Option<EpochMark>] => {
-          const next = Option.some({ epoch, at: now })
+          const next = Option.some({ epoch, at: arrivedAt })
           if (Option.isNone(last)) {
             return [undefined, next]
           }
-          const elapsedSeconds = Math.max(0, now - last.value.at) / 1000
+          const elapsedSeconds = Math.max(0, sentAt - last.value.at) / 1000
           const expectedEpoch = Math.floor(last.value.epoch + elapsedSeconds * 7 / 8)
           return epoch + 2 < expectedEpoch
             ? [GatewayEvent.GatewayReset({ gateway, epoch, previousEpoch: last.value.epoch, expectedEpoch }), next]
-            : [undefined, next]
+            : [undefined, arrivedAt >= last.value.at ? next : last] // replies handled out of order keep the latest
         })
         if (reset !== undefined) {
           yield* Effect.logWarning("NAT-PMP gateway lost its mapping state (epoch went backwards)").pipe(
@@ -315,88 +435,78 @@ export const make = (options: Options): Effect.Effect<Service, NatPmpSocketError
         }
       })
 
-    const isFromGateway = (datagram: { readonly address: string; readonly port: number }) =>
-      datagram.address === gateway && datagram.port === port
-
-    const matches = (request: NatPmpMessage.Request, response: NatPmpMessage.Response): boolean => {
-      switch (response._tag) {
-        case "ErrorResponse":
-          return response.opcode === opcodeOfRequest(request)
-        case "PublicAddressResponse":
-          return request._tag === "PublicAddressRequest"
-        case "MapResponse":
-          return request._tag === "MapRequest" && response.protocol === request.protocol &&
-            response.internalPort === request.internalPort
-      }
-    }
-
-    // Waits for the reply to `request`, skipping anything else; fails early on ICMP port unreachable.
-    const awaitReply = (request: NatPmpMessage.Request, attempt: number) =>
+    // Waits for the reply to a request; fails early on ICMP port unreachable.
+    const awaitReply = (request: Pending, attempt: number) =>
       Effect.gen(function*() {
         while (true) {
-          const item = yield* Queue.take(incoming)
-          if (item._tag === "WaitOver") {
-            if (item.attempt === attempt) return Option.none()
-            continue
+          const item = yield* Queue.take(request.mailbox)
+          switch (item._tag) {
+            case "WaitOver":
+              if (item.attempt === attempt) return Option.none()
+              continue
+            case "Unreachable":
+              return yield* new NatPmpUnreachableError({ gateway: label, cause: item.cause })
+            case "Reply":
+              clearDeadline(request)
+              return Option.some(item)
           }
-          if (item._tag === "Error") {
-            if (item.failure.code === "ECONNREFUSED") {
-              return yield* new NatPmpUnreachableError({ gateway: label, cause: item.failure.cause })
-            }
-            yield* Effect.logDebug(`NAT-PMP socket error ignored: ${item.failure.message}`)
-            continue
-          }
-          if (!isFromGateway(item)) {
-            yield* Effect.logDebug(`ignored a datagram from ${item.address}:${item.port}`)
-            continue
-          }
-          const response = NatPmpMessage.decodeResponse(item.bytes)
-          if (Either.isLeft(response)) {
-            yield* Effect.logDebug("ignored a malformed datagram from the gateway")
-            continue
-          }
-          if (!matches(request, response.right)) {
-            yield* Effect.logDebug(`ignored a ${response.right._tag} that does not answer the pending request`)
-            continue
-          }
-          wait = undefined
-          return Option.some(response.right)
         }
       })
 
-    // One request at a time, retransmitted after 250 ms, 500 ms, 1 s … (RFC 6886 §3.1).
+    // Retransmitted after 250 ms, 500 ms, 1 s … (RFC 6886 §3.1).
+    const send = (request: NatPmpMessage.Request): Effect.Effect<NatPmpMessage.Response, NatPmpError> => {
+      const key = requestReplyKey(request)
+      return Effect.acquireUseRelease(
+        Effect.map(Queue.unbounded<Delivery>(), (mailbox) => {
+          const waiter: Pending = { opcode: opcodeOfRequest(request), mailbox, deadline: undefined }
+          pending.set(key, waiter)
+          return waiter
+        }),
+        (waiter) =>
+          Effect.gen(function*() {
+            const bytes = NatPmpMessage.encodeRequest(request)
+            const sentAt = yield* Clock.currentTimeMillis
+            let timeout = initialTimeout
+            let elapsed = Duration.zero
+            for (let attempt = 1; attempt <= maxAttempts; attempt++) {
+              yield* Udp.send(socket, bytes).pipe(
+                Effect.mapError((failure) =>
+                  failure.code === "ECONNREFUSED"
+                    ? new NatPmpUnreachableError({ gateway: label, cause: failure.cause })
+                    : socketError(failure)
+                )
+              )
+              // The timer ends the wait with a `WaitOver` also when the caller is uninterruptible (finalizers,
+              // releases, scope undos); an interruptible caller can still be interrupted while it waits.
+              const now = yield* Clock.currentTimeMillis
+              const reply = yield* awaitReply(waiter, setDeadline(waiter, now + Duration.toMillis(timeout)))
+              if (Option.isSome(reply)) {
+                yield* observeEpoch(reply.value.response.epoch, sentAt, reply.value.arrivedAt)
+                return reply.value.response
+              }
+              elapsed = Duration.sum(elapsed, timeout)
+              timeout = Duration.times(timeout, 2)
+            }
+            return yield* new NatPmpTimeoutError({
+              gateway: label,
+              opcode: opcodeOfRequest(request),
+              attempts: maxAttempts,
+              elapsed
+            })
+          }),
+        (waiter) =>
+          Effect.sync(() => {
+            clearDeadline(waiter)
+            if (pending.get(key) === waiter) pending.delete(key)
+          })
+      )
+    }
+
+    // One request at a time per key (replies could not be told apart), at most `maxInFlight` in all, in order.
     const exchange = (request: NatPmpMessage.Request): Effect.Effect<NatPmpMessage.Response, NatPmpError> =>
-      Effect.gen(function*() {
-        yield* Queue.takeAll(incoming) // late replies to earlier requests
-        const bytes = NatPmpMessage.encodeRequest(request)
-        let timeout = initialTimeout
-        let elapsed = Duration.zero
-        for (let attempt = 1; attempt <= maxAttempts; attempt++) {
-          yield* Udp.send(socket, bytes).pipe(
-            Effect.mapError((failure) =>
-              failure.code === "ECONNREFUSED"
-                ? new NatPmpUnreachableError({ gateway: label, cause: failure.cause })
-                : socketError(failure)
-            )
-          )
-          // The timer ends the wait with a `WaitOver` also when the caller is uninterruptible (finalizers, releases,
-          // scope undos); an interruptible caller can still be interrupted while it waits.
-          const now = yield* Clock.currentTimeMillis
-          const reply = yield* awaitReply(request, setDeadline(now + Duration.toMillis(timeout)))
-          if (Option.isSome(reply)) {
-            yield* observeEpoch(reply.value.epoch)
-            return reply.value
-          }
-          elapsed = Duration.sum(elapsed, timeout)
-          timeout = Duration.times(timeout, 2)
-        }
-        return yield* new NatPmpTimeoutError({
-          gateway: label,
-          opcode: opcodeOfRequest(request),
-          attempts: maxAttempts,
-          elapsed
-        })
-      }).pipe(serial.withLock)
+      maxInFlight === 1
+        ? slots.withLock(send(request))
+        : send(request).pipe(slots.withLock, withKeyLock(requestLockKey(request)))
 
     const resultError = (request: NatPmpMessage.Request, response: NatPmpMessage.Response) =>
       new NatPmpResultError({ gateway: label, opcode: opcodeOfRequest(request), resultCode: response.resultCode })
@@ -458,7 +568,7 @@ export const make = (options: Options): Effect.Effect<Service, NatPmpSocketError
       )
 
     // Announcements (RFC 6886 §3.2.1): op-128 responses from the gateway's address, to 224.0.0.1:5350.
-    const onAnnouncement = (datagram: Udp.Incoming) =>
+    const onAnnouncement = (datagram: Udp.Incoming, arrivedAt: number) =>
       Effect.gen(function*() {
         if (datagram._tag === "Error" || datagram.address !== gateway) {
           return
@@ -471,7 +581,7 @@ export const make = (options: Options): Effect.Effect<Service, NatPmpSocketError
           return
         }
         const { epoch, publicAddress } = response.right
-        yield* observeEpoch(epoch)
+        yield* observeEpoch(epoch, arrivedAt, arrivedAt)
         const previous = yield* Ref.getAndSet(lastPublicAddress, Option.some(publicAddress))
         if (Option.isSome(previous) && previous.value === publicAddress) {
           return
@@ -515,19 +625,20 @@ export const make = (options: Options): Effect.Effect<Service, NatPmpSocketError
 
 const listenForAnnouncements = (
   options: { readonly address?: string | undefined; readonly port?: number | undefined },
-  handle: (datagram: Udp.Incoming) => Effect.Effect<void>
+  handle: (datagram: Udp.Incoming, arrivedAt: number) => Effect.Effect<void>
 ): Effect.Effect<{ readonly address: string; readonly port: number }, Udp.SocketFailure, Scope.Scope> =>
   Effect.gen(function*() {
     const address = options.address ?? NatPmpMessage.AnnouncementAddress
     const multicast = Udp.isMulticast(address)
-    const received = yield* Queue.sliding<Udp.Incoming>(64)
+    const clock = yield* Effect.clock
+    const received = yield* Queue.sliding<{ readonly datagram: Udp.Incoming; readonly at: number }>(64)
     const socket = yield* Udp.open(
       {
         address: multicast ? undefined : address,
         port: options.port ?? NatPmpMessage.AnnouncementPort,
         reuseAddr: true
       },
-      (datagram) => received.unsafeOffer(datagram)
+      (datagram) => received.unsafeOffer({ datagram, at: clock.unsafeCurrentTimeMillis() })
     )
     if (multicast) {
       yield* Udp.addMembership(socket, address).pipe(
@@ -536,7 +647,9 @@ const listenForAnnouncements = (
         )
       )
     }
-    yield* Effect.forkScoped(Effect.forever(Effect.flatMap(Queue.take(received), handle)))
+    yield* Effect.forkScoped(
+      Effect.forever(Effect.flatMap(Queue.take(received), ({ at, datagram }) => handle(datagram, at)))
+    )
     return { address, port: Udp.localAddress(socket).port }
   })
 

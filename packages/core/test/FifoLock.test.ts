@@ -50,4 +50,22 @@ describe("FifoLock", () => {
       expect(failed._tag).toBe("Left")
       expect(yield* lock.withLock(Effect.succeed(1))).toBe(1)
     }))
+  it.effect("with n permits runs at most n holders at once, admitted in the order they asked", () =>
+    Effect.gen(function*() {
+      const lock = FifoLock.make(3)
+      const admitted: Array<number> = []
+      let inside = 0
+      let most = 0
+      yield* Effect.forEach(Array.from({ length: 30 }, (_, i) => i), (i) =>
+        lock.withLock(Effect.gen(function*() {
+          admitted.push(i)
+          inside++
+          most = Math.max(most, inside)
+          yield* Effect.yieldNow()
+          yield* Effect.yieldNow()
+          inside--
+        })), { concurrency: "unbounded", discard: true })
+      expect(most).toBe(3)
+      expect(admitted).toEqual(Array.from({ length: 30 }, (_, i) => i))
+    }))
 })

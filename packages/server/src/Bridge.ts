@@ -103,6 +103,7 @@ export const layerWithoutRouterOs = (
     gateway: config.vpnGateway,
     port: config.vpnGatewayPort,
     maxAttempts: config.vpnMaxAttempts,
+    maxInFlight: config.vpnMaxInFlight,
     refreshInterval: config.reconcileInterval
   })))
   const upstream = Layer.merge(router, vpn)

@@ -62,6 +62,8 @@ export interface BridgeConfig {
   readonly announce: false | { readonly address: string; readonly port: number }
   /** Sends per VPN request (250 ms doubling); 3 keeps a silent VPN within the request timeout. */
   readonly vpnMaxAttempts: number
+  /** VPN requests outstanding at once (1..64); each mapping's requests stay serial. */
+  readonly vpnMaxInFlight: number
   /** How log lines look (`Bridge.serve`); `pretty` by default. */
   readonly logFormat: LogFormat
   /** Where the HTTP server of `/metrics` and `/healthz` listens (port 0: ephemeral); `undefined`: no server. */
@@ -96,6 +98,7 @@ export interface BridgeOptions {
   readonly shutdownTimeout?: Duration.DurationInput | undefined
   readonly announce?: false | { readonly address: string; readonly port: number } | undefined
   readonly vpnMaxAttempts?: number | undefined
+  readonly vpnMaxInFlight?: number | undefined
   readonly logFormat?: LogFormat | undefined
   readonly metrics?: { readonly address?: string | undefined; readonly port?: number | undefined } | undefined
 }
@@ -115,6 +118,7 @@ export const defaults = {
   shutdownTimeout: Duration.seconds(10),
   announce: { address: "224.0.0.1", port: 5350 },
   vpnMaxAttempts: 3,
+  vpnMaxInFlight: 8,
   logFormat: "pretty" as LogFormat,
   metrics: { address: "0.0.0.0", port: 9464 },
   /** The RouterOS command timeout: below the request timeout, so a stuck router still gets an answer 3 in time. */
@@ -150,6 +154,10 @@ export const make = (options: BridgeOptions): Either.Either<BridgeConfig, Bridge
       : yield* Either.all(options.allowedClients.map(toNetwork)).pipe(
         Either.mapLeft((reason) => new BridgeConfigError({ name: "allowedClients", reason }))
       )
+    const vpnMaxInFlight = options.vpnMaxInFlight ?? defaults.vpnMaxInFlight
+    if (!Number.isInteger(vpnMaxInFlight) || vpnMaxInFlight < 1 || vpnMaxInFlight > 64) {
+      return yield* fail("vpnMaxInFlight", `expected an integer in 1..64, got ${vpnMaxInFlight}`)
+    }
     const password = options.mikrotik.password
     return {
       vpnGateway: options.vpnGateway,
@@ -180,6 +188,7 @@ export const make = (options: BridgeOptions): Either.Either<BridgeConfig, Bridge
       shutdownTimeout: Duration.decode(options.shutdownTimeout ?? defaults.shutdownTimeout),
       announce: options.announce ?? defaults.announce,
       vpnMaxAttempts: options.vpnMaxAttempts ?? defaults.vpnMaxAttempts,
+      vpnMaxInFlight,
       logFormat: options.logFormat ?? defaults.logFormat,
       metrics: options.metrics === undefined ? undefined : {
         address: options.metrics.address ?? defaults.metrics.address,
@@ -492,6 +501,15 @@ export const settings = {
     "metrics-addr",
     "address:port or :port of the HTTP server for Prometheus /metrics and /healthz (default: none)",
     parseHostPort(defaults.metrics.address, defaults.metrics.port)
+  ),
+  vpnMaxInFlight: setting(
+    "VPN_MAX_IN_FLIGHT",
+    "vpn-max-in-flight",
+    "NAT-PMP requests outstanding at once towards the VPN gateway; RFC 6886 asks a client for one at a time, but " +
+      "the bridge speaks for many LAN clients, so it keeps each mapping's requests serial and lets up to this many " +
+      "mappings' requests overlap (1: the RFC's strictly serial client)",
+    parseInteger(1, 64),
+    { default: String(defaults.vpnMaxInFlight) }
   )
 } as const
 
@@ -582,7 +600,8 @@ export const fromStrings = (
       shutdownTimeout: values.shutdownTimeout,
       announce: values.announce,
       logFormat: values.logFormat,
-      metrics: values.metrics
+      metrics: values.metrics,
+      vpnMaxInFlight: values.vpnMaxInFlight
     })
   })
 
@@ -636,6 +655,7 @@ export const describe = (config: BridgeConfig): string =>
     `reconcile=${Duration.format(config.reconcileInterval)}`,
     `maxLifetime=${config.maxLifetime}s`,
     `quota=${config.clientQuota}`,
+    `vpnInFlight=${config.vpnMaxInFlight}`,
     `metrics=${config.metrics === undefined ? "off" : `${config.metrics.address}:${config.metrics.port}`}`
   ].join(" ")
 

@@ -30,6 +30,8 @@ export interface Options {
   readonly initialTimeout?: Duration.DurationInput | undefined
   /** Sends per request (default 3: about 1.75 s before giving up). */
   readonly maxAttempts?: number | undefined
+  /** Requests outstanding at once, each mapping's requests serial (default 1: RFC 6886's serial queue). */
+  readonly maxInFlight?: number | undefined
   /** How often the public address is re-read (default 60 s). */
   readonly refreshInterval?: Duration.DurationInput | undefined
   /** How often it is retried while unknown (default 5 s). */
@@ -137,6 +139,7 @@ export const make = (options: Options): Effect.Effect<Service, VpnGatewayError, 
       port: options.port,
       initialTimeout: options.initialTimeout ?? Duration.millis(250),
       maxAttempts: options.maxAttempts ?? 3,
+      maxInFlight: options.maxInFlight,
       announcements: false
     }).pipe(Effect.mapError(fromNatPmpError))
     const service = yield* fromClient(options).pipe(Effect.provideService(NatPmpClient.NatPmpClient, client))

@@ -41,6 +41,7 @@ describe("BridgeConfig", () => {
       expect(config.clientQuota).toBe(64)
       expect(Duration.toMillis(config.requestTimeout)).toBe(2000)
       expect(config.announce).toEqual({ address: "224.0.0.1", port: 5350 })
+      expect(config.vpnMaxInFlight).toBe(8)
     }))
 
   it.effect("every optional variable", () =>
@@ -65,7 +66,8 @@ describe("BridgeConfig", () => {
           ADOPTION_GRACE: "5m",
           SHUTDOWN_TIMEOUT: "3",
           ANNOUNCE_ADDR: "off",
-          VPN_GATEWAY_PORT: "15351"
+          VPN_GATEWAY_PORT: "15351",
+          VPN_MAX_IN_FLIGHT: "1"
         })
       )
       expect(config.mikrotik).toMatchObject({
@@ -91,6 +93,7 @@ describe("BridgeConfig", () => {
       expect(Duration.toSeconds(config.shutdownTimeout)).toBe(3)
       expect(config.announce).toBe(false)
       expect(config.vpnGatewayPort).toBe(15351)
+      expect(config.vpnMaxInFlight).toBe(1)
     }))
 
   it.effect("a missing or bad value fails with one line naming the variable", () =>
@@ -106,7 +109,9 @@ describe("BridgeConfig", () => {
         ["BRIDGE_ID", "mein brücke"],
         ["CLIENT_QUOTA", "-1"],
         ["LOG_LEVEL", "LOUD"],
-        ["MIKROTIK_API_TLS", "maybe"]
+        ["MIKROTIK_API_TLS", "maybe"],
+        ["VPN_MAX_IN_FLIGHT", "0"],
+        ["VPN_MAX_IN_FLIGHT", "65"]
       ]
       for (const [name, value] of cases) {
         const result = yield* fromEnv({ ...required, [name]: value })
@@ -167,6 +172,12 @@ describe("BridgeConfig", () => {
     expect(config.portMode).toBe("same")
     expect(config.mikrotik.user).toBe("admin")
     expect(Either.isLeft(BridgeConfig.make({ vpnGateway: "x", mikrotik: { host: "h", password: "p" } }))).toBe(true)
+    const overLimit = BridgeConfig.make({
+      vpnGateway: "10.2.0.1",
+      mikrotik: { host: "h", password: "p" },
+      vpnMaxInFlight: 0
+    })
+    expect(Either.isLeft(overLimit) && overLimit.left.message).toContain("vpnMaxInFlight")
   })
 })
 

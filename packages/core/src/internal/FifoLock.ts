@@ -1,5 +1,6 @@
 /**
- * A mutex that hands itself to the longest-waiting fiber on release (first come, first served).
+ * A mutex (or, with `permits` > 1, a semaphore) that hands a released permit to the longest-waiting fiber (first
+ * come, first served).
  *
  * Effect's `Semaphore` wakes every waiter on each release and lets them race for the permit again: with n fibers
  * queued that is n wake-ups per release (quadratic work for a burst of n requests) and no order among them. Here a
@@ -12,47 +13,49 @@ import * as Effect from "effect/Effect"
 interface Waiter {
   readonly wake: () => void
   cancelled: boolean
+  /** A permit was handed to it and it has not resumed yet. */
+  handed: boolean
 }
 
 export interface FifoLock {
-  /** Runs `effect` holding the lock; waiting for it is interruptible. */
+  /** Runs `effect` holding a permit; waiting for it is interruptible. */
   readonly withLock: <A, E, R>(effect: Effect.Effect<A, E, R>) => Effect.Effect<A, E, R>
 }
 
-export const make = (): FifoLock => {
-  let locked = false
+/** A lock with `permits` holders at most (default 1: a mutex). */
+export const make = (permits = 1): FifoLock => {
+  let available = permits
   let queue: Array<Waiter> = []
   let head = 0
-  /** The waiter the lock was handed to and that has not resumed yet. */
-  let handedTo: Waiter | undefined
 
   const release = (): void => {
     while (head < queue.length) {
       const next = queue[head++]
       if (!next.cancelled) {
-        handedTo = next
+        next.handed = true
         next.wake()
         return
       }
     }
     queue = []
     head = 0
-    locked = false
+    available++
   }
 
   const acquire: Effect.Effect<void> = Effect.async<void>((resume) => {
-    if (!locked) {
-      locked = true
+    if (available > 0) {
+      available--
       resume(Effect.void)
       return
     }
     const waiter: Waiter = {
       cancelled: false,
-      // the lock is only taken when the fiber runs again: if it was interrupted meanwhile, the lock moves on
+      handed: false,
+      // the permit is only taken when the fiber runs again: if it was interrupted meanwhile, the permit moves on
       wake: () =>
         resume(Effect.suspend(() => {
-          if (handedTo !== waiter) return acquire
-          handedTo = undefined
+          if (!waiter.handed) return acquire
+          waiter.handed = false
           return Effect.void
         }))
     }
@@ -63,8 +66,8 @@ export const make = (): FifoLock => {
     queue.push(waiter)
     return Effect.sync(() => {
       waiter.cancelled = true
-      if (handedTo === waiter) {
-        handedTo = undefined
+      if (waiter.handed) {
+        waiter.handed = false
         release()
       }
     })
