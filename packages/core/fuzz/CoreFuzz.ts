@@ -27,7 +27,7 @@ import * as Redacted from "effect/Redacted"
 import * as Schema from "effect/Schema"
 import * as Dgram from "node:dgram"
 import * as Net from "node:net"
-import { Prng } from "./Prng.js"
+import { Prng } from "../src/testing/Prng.js"
 
 /** Counts of a fuzzer run. */
 export interface FuzzReport {

@@ -8,6 +8,7 @@
  * 1 000 RouterOS client rounds and 1 000 NAT-PMP client rounds. The seed (FUZZ_SEED, default random) is printed.
  */
 import * as Effect from "effect/Effect"
+import { parseSeed } from "../src/testing/Prng.js"
 import type { FuzzReport } from "./CoreFuzz.js"
 import {
   formatReport,
@@ -16,7 +17,6 @@ import {
   fuzzRouterOsClient,
   fuzzRouterOsDecoder
 } from "./CoreFuzz.js"
-import { parseSeed } from "./Prng.js"
 
 const args = process.argv.slice(2).filter((arg) => arg !== "--")
 const scale = Number(args[0] ?? process.env.FUZZ_SCALE ?? 1)

@@ -1,7 +1,7 @@
 import { describe, expect, it } from "@effect/vitest"
 import * as Effect from "effect/Effect"
 import { fuzzNatPmpClient, fuzzRouterOsClient } from "../fuzz/CoreFuzz.js"
-import { parseSeed } from "../fuzz/Prng.js"
+import { parseSeed } from "../src/testing/Prng.js"
 
 // `npm run fuzz` runs the same fuzzers with 1,000 rounds each
 describe("clients against hostile peers", () => {

@@ -4,7 +4,7 @@ import * as Either from "effect/Either"
 import * as FastCheck from "effect/FastCheck"
 import * as Schema from "effect/Schema"
 import { fuzzNatPmpDecode } from "../fuzz/CoreFuzz.js"
-import { parseSeed } from "../fuzz/Prng.js"
+import { parseSeed } from "../src/testing/Prng.js"
 
 const {
   classifyDatagram,

@@ -1,5 +1,8 @@
 /**
- * A small seeded PRNG (mulberry32) for the fuzzers: the same seed gives the same inputs, so a failure reproduces.
+ * A small seeded PRNG (mulberry32) for fuzzers and property tests: the same seed gives the same inputs, so a
+ * failure reproduces.
+ *
+ * @since 0.1.0
  */
 export class Prng {
   private state: number
