@@ -8,26 +8,16 @@ import { NatPmpGatewaySimulator, RouterOsSimulator } from "@natpmp-bridge/core/t
 import { BridgeHarness } from "@natpmp-bridge/server/testing"
 import * as Effect from "effect/Effect"
 import { lines, run } from "./BinRunner.js"
+import { passwordEnv, upstreamFlags } from "./BridgeFlags.js"
 
 const simulators = BridgeHarness.makeEnvironment({ vpn: { publicAddress: "203.0.113.7" } })
 
 type Environment = Effect.Effect.Success<typeof simulators>
 
 /** Settings for the simulators: the password from the environment, like in production. */
-const flagsFor = (environment: Environment) => [
-  "--vpn-gateway",
-  environment.vpn.address,
-  "--vpn-gateway-port",
-  String(environment.vpn.port),
-  "--mikrotik-api-address",
-  `${environment.router.host}:${environment.router.port}`,
-  "--mikrotik-api-user",
-  environment.router.user,
-  "--bridge-id",
-  "checktest"
-]
+const flagsFor = (environment: Environment) => [...upstreamFlags(environment), "--bridge-id", "checktest"]
 
-const envFor = (environment: Environment) => ({ MIKROTIK_API_PASSWORD: environment.router.password })
+const envFor = passwordEnv
 
 interface Report {
   readonly type: string

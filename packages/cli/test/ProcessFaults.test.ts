@@ -8,8 +8,8 @@ import { BridgeHarness, LanClient } from "@natpmp-bridge/server/testing"
 import * as Effect from "effect/Effect"
 import * as Either from "effect/Either"
 import { start } from "./BinRunner.js"
-
-type Environment = Effect.Effect.Success<ReturnType<typeof BridgeHarness.makeEnvironment>>
+import type { Environment } from "./BridgeFlags.js"
+import { upstreamFlags } from "./BridgeFlags.js"
 
 const CLIENTS = 50
 const clientAddress = (i: number) => `127.0.0.${64 + i}`
@@ -23,14 +23,7 @@ const serve = (env: Environment, bridgeId: string, extra: ReadonlyArray<string> 
   Effect.gen(function*() {
     const running = yield* start("natpmp-bridge", [
       "serve",
-      "--vpn-gateway",
-      env.vpn.address,
-      "--vpn-gateway-port",
-      String(env.vpn.port),
-      "--mikrotik-api-address",
-      `${env.router.host}:${env.router.port}`,
-      "--mikrotik-api-user",
-      env.router.user,
+      ...upstreamFlags(env),
       "--listen-addr",
       "127.0.0.1:0",
       "--allowed-clients",

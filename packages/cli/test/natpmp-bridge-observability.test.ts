@@ -3,20 +3,12 @@ import { NatPmpClient } from "@natpmp-bridge/core"
 import { BridgeHarness } from "@natpmp-bridge/server/testing"
 import * as Effect from "effect/Effect"
 import { lines, run, start } from "./BinRunner.js"
+import { passwordEnv, routerFlags, upstreamFlags } from "./BridgeFlags.js"
 
 /** The RouterOS and VPN simulators of the server's harness (no bridge: the bin is the bridge). */
 const simulators = BridgeHarness.makeEnvironment({ vpn: { publicAddress: "203.0.113.7" } })
 
-type Environment = Effect.Effect.Success<typeof simulators>
-
-const routerFlags = (environment: Environment) => [
-  "--mikrotik-api-address",
-  `${environment.router.host}:${environment.router.port}`,
-  "--mikrotik-api-user",
-  environment.router.user
-]
-
-const envFor = (environment: Environment) => ({ MIKROTIK_API_PASSWORD: environment.router.password })
+const envFor = passwordEnv
 
 const rule = (bridge: string, protocol: string, client: string, internalPort: number, dstPort: number) => ({
   chain: "dstnat",
@@ -151,11 +143,7 @@ describe("natpmp-bridge observability", () => {
           const environment = yield* simulators
           const serve = yield* start("natpmp-bridge", [
             "serve",
-            "--vpn-gateway",
-            environment.vpn.address,
-            "--vpn-gateway-port",
-            String(environment.vpn.port),
-            ...routerFlags(environment),
+            ...upstreamFlags(environment),
             "--listen-addr",
             "127.0.0.1:0",
             "--allowed-clients",

@@ -3,6 +3,7 @@ import { NatPmpClient } from "@natpmp-bridge/core"
 import { BridgeHarness } from "@natpmp-bridge/server/testing"
 import * as Effect from "effect/Effect"
 import { lines, run, start } from "./BinRunner.js"
+import { passwordEnv, upstreamFlags } from "./BridgeFlags.js"
 
 /** The RouterOS and VPN simulators of the server's harness (no bridge: the bin is the bridge). */
 const simulators = BridgeHarness.makeEnvironment({ vpn: { publicAddress: "203.0.113.7" } })
@@ -11,14 +12,7 @@ type Environment = Effect.Effect.Success<typeof simulators>
 
 /** Flags for the simulators; the password comes from the environment, like in production. */
 const flagsFor = (environment: Environment) => [
-  "--vpn-gateway",
-  environment.vpn.address,
-  "--vpn-gateway-port",
-  String(environment.vpn.port),
-  "--mikrotik-api-address",
-  `${environment.router.host}:${environment.router.port}`,
-  "--mikrotik-api-user",
-  environment.router.user,
+  ...upstreamFlags(environment),
   "--listen-addr",
   "127.0.0.1:0",
   "--allowed-clients",
@@ -29,7 +23,7 @@ const flagsFor = (environment: Environment) => [
   "clitest"
 ]
 
-const envFor = (environment: Environment) => ({ MIKROTIK_API_PASSWORD: environment.router.password })
+const envFor = passwordEnv
 
 const ownRules = (environment: Environment) =>
   Effect.map(
