@@ -396,10 +396,14 @@ export const setNatRule = (
 export const isNoSuchItem = (error: RouterOsError): boolean =>
   error._tag === "RouterOsTrapError" && /no such item/i.test(error.reason)
 
+/** Most ids one `remove` carries: a single command for thousands of rules can outlast the command timeout. */
+export const maxIdsPerRemove = 500
+
 /**
  * Removes NAT rules with one `remove` of the comma-separated ids (no round trip for an empty
- * list). RouterOS removes nothing when one id is unknown; with `ignoreMissing`, that case is
- * retried with the ids that still exist (one `print` and one `remove` more).
+ * list; one `remove` per {@link maxIdsPerRemove} ids, in flight together, for longer lists). RouterOS removes
+ * nothing when one id is unknown; with `ignoreMissing`, that case is retried with the ids that still exist (one
+ * `print` and one `remove` more).
  *
  * @since 0.1.0
  * @category nat
@@ -413,13 +417,20 @@ export const removeNatRules = (
     const client = yield* RouterOsClient
     const remove = (list: ReadonlyArray<string>) =>
       client.command("/ip/firewall/nat/remove", { attributes: { ".id": list.join(",") } })
-    const first = yield* Effect.either(remove(ids))
-    if (first._tag === "Right") return
-    if (options?.ignoreMissing !== true || !isNoSuchItem(first.left)) return yield* first.left
-    const existing = yield* client.command("/ip/firewall/nat/print", { proplist: [".id"] })
-    const present = new Set(existing.rows.map((row) => row[".id"]))
-    const remaining = ids.filter((id) => present.has(id))
-    if (remaining.length > 0) yield* remove(remaining)
+    const removeChunk = (chunk: ReadonlyArray<string>) =>
+      Effect.gen(function*() {
+        const first = yield* Effect.either(remove(chunk))
+        if (first._tag === "Right") return
+        if (options?.ignoreMissing !== true || !isNoSuchItem(first.left)) return yield* first.left
+        const existing = yield* client.command("/ip/firewall/nat/print", { proplist: [".id"] })
+        const present = new Set(existing.rows.map((row) => row[".id"]))
+        const remaining = chunk.filter((id) => present.has(id))
+        if (remaining.length > 0) yield* remove(remaining)
+      })
+    if (ids.length <= maxIdsPerRemove) return yield* removeChunk(ids)
+    const chunks: Array<ReadonlyArray<string>> = []
+    for (let i = 0; i < ids.length; i += maxIdsPerRemove) chunks.push(ids.slice(i, i + maxIdsPerRemove))
+    yield* Effect.forEach(chunks, removeChunk, { concurrency: 4, discard: true })
   })
 
 // -----------------------------------------------------------------------------

@@ -139,6 +139,21 @@ describe("RouterOsCommands", () => {
         expect((yield* sim.natRules).map((r) => r[".id"])).toEqual([ids[1]])
       }).pipe(Effect.provide(router())))
 
+    it.live("removes thousands of rules in removes of at most maxIdsPerRemove ids", () =>
+      Effect.gen(function*() {
+        const sim = yield* Simulator
+        const ids = yield* Effect.forEach(
+          Array.from({ length: 1201 }, (_, i) => i),
+          (i) => sim.addNatRule({ chain: "dstnat", action: "dst-nat", protocol: "udp", "dst-port": String(10000 + i) })
+        )
+        yield* sim.resetCounters
+        yield* removeNatRules(ids)
+        expect(yield* sim.natRules).toEqual([])
+        expect(yield* sim.commandCount("/ip/firewall/nat/remove")).toBe(
+          Math.ceil(ids.length / RouterOsCommands.maxIdsPerRemove)
+        )
+      }).pipe(Effect.provide(router())))
+
     it.live("fails on a missing id (nothing removed), or skips it with ignoreMissing", () =>
       Effect.gen(function*() {
         const sim = yield* Simulator

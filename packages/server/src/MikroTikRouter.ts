@@ -17,6 +17,10 @@ import type { NatRule, RuleSpec, Service } from "./Router.js"
 import { InInterfaceNotFoundError, Router, RouterError } from "./Router.js"
 
 /** Options of the MikroTik router. */
+/** Rule ids for a one-line message: all of a few, the first ones and the count of many. */
+const describeIds = (ids: ReadonlyArray<string>): string =>
+  ids.length <= 10 ? `rule(s) ${ids.join(",")}` : `${ids.length} rules (${ids.slice(0, 10).join(",")},…)`
+
 export interface Options {
   /** The VPN gateway; the in-interface is the one the router reaches it through. */
   readonly vpnGateway: string
@@ -121,7 +125,7 @@ export const make = (
       removeRules: (ids) =>
         RouterOsCommands.removeNatRules(ids, { ignoreMissing: true }).pipe(
           provide,
-          Effect.mapError(routerError(`removing rule(s) ${ids.join(",")}`))
+          Effect.mapError(routerError(`removing ${describeIds(ids)}`))
         )
     }
     return service
