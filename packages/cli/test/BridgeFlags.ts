@@ -26,3 +26,23 @@ export const upstreamFlags = (environment: Environment): Array<string> => [
 
 /** The router password, as the bin reads it from the environment. */
 export const passwordEnv = (environment: Environment) => ({ MIKROTIK_API_PASSWORD: environment.router.password })
+
+/**
+ * Everything `serve` needs on loopback: the upstream flags, an ephemeral listening port, the allowed clients,
+ * announcements off (tests run in parallel) and the bridge id.
+ */
+export const serveFlags = (
+  environment: Environment,
+  bridgeId: string,
+  allowedClients = "127.0.0.1/32"
+): Array<string> => [
+  ...upstreamFlags(environment),
+  "--listen-addr",
+  "127.0.0.1:0",
+  "--allowed-clients",
+  allowedClients,
+  "--announce-addr",
+  "off",
+  "--bridge-id",
+  bridgeId
+]

@@ -9,7 +9,7 @@ import * as Effect from "effect/Effect"
 import * as Either from "effect/Either"
 import { start } from "./BinRunner.js"
 import type { Environment } from "./BridgeFlags.js"
-import { upstreamFlags } from "./BridgeFlags.js"
+import { passwordEnv, serveFlags } from "./BridgeFlags.js"
 
 const CLIENTS = 50
 const clientAddress = (i: number) => `127.0.0.${64 + i}`
@@ -23,17 +23,9 @@ const serve = (env: Environment, bridgeId: string, extra: ReadonlyArray<string> 
   Effect.gen(function*() {
     const running = yield* start("natpmp-bridge", [
       "serve",
-      ...upstreamFlags(env),
-      "--listen-addr",
-      "127.0.0.1:0",
-      "--allowed-clients",
-      "127.0.0.64/26",
-      "--announce-addr",
-      "off",
-      "--bridge-id",
-      bridgeId,
+      ...serveFlags(env, bridgeId, "127.0.0.64/26"),
       ...extra
-    ], { env: { MIKROTIK_API_PASSWORD: env.router.password, LOG_LEVEL: "INFO" } })
+    ], { env: { ...passwordEnv(env), LOG_LEVEL: "INFO" } })
     const line = yield* running.waitForLine(
       (line) => line.includes("NAT-PMP server listening on"),
       "15 seconds",

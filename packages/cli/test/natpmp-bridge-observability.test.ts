@@ -3,7 +3,7 @@ import { NatPmpClient } from "@natpmp-bridge/core"
 import { BridgeHarness } from "@natpmp-bridge/server/testing"
 import * as Effect from "effect/Effect"
 import { lines, run, start } from "./BinRunner.js"
-import { passwordEnv, routerFlags, upstreamFlags } from "./BridgeFlags.js"
+import { passwordEnv, routerFlags, serveFlags } from "./BridgeFlags.js"
 
 /** The RouterOS and VPN simulators of the server's harness (no bridge: the bin is the bridge). */
 const simulators = BridgeHarness.makeEnvironment({ vpn: { publicAddress: "203.0.113.7" } })
@@ -143,15 +143,7 @@ describe("natpmp-bridge observability", () => {
           const environment = yield* simulators
           const serve = yield* start("natpmp-bridge", [
             "serve",
-            ...upstreamFlags(environment),
-            "--listen-addr",
-            "127.0.0.1:0",
-            "--allowed-clients",
-            "127.0.0.1/32",
-            "--announce-addr",
-            "off",
-            "--bridge-id",
-            "clilogs",
+            ...serveFlags(environment, "clilogs"),
             "--log-format",
             "json",
             "--metrics-addr",

@@ -3,7 +3,7 @@ import { NatPmpClient } from "@natpmp-bridge/core"
 import { BridgeHarness } from "@natpmp-bridge/server/testing"
 import * as Effect from "effect/Effect"
 import { lines, run, start } from "./BinRunner.js"
-import { passwordEnv, upstreamFlags } from "./BridgeFlags.js"
+import { passwordEnv, serveFlags } from "./BridgeFlags.js"
 
 /** The RouterOS and VPN simulators of the server's harness (no bridge: the bin is the bridge). */
 const simulators = BridgeHarness.makeEnvironment({ vpn: { publicAddress: "203.0.113.7" } })
@@ -11,17 +11,7 @@ const simulators = BridgeHarness.makeEnvironment({ vpn: { publicAddress: "203.0.
 type Environment = Effect.Effect.Success<typeof simulators>
 
 /** Flags for the simulators; the password comes from the environment, like in production. */
-const flagsFor = (environment: Environment) => [
-  ...upstreamFlags(environment),
-  "--listen-addr",
-  "127.0.0.1:0",
-  "--allowed-clients",
-  "127.0.0.1/32",
-  "--announce-addr",
-  "off",
-  "--bridge-id",
-  "clitest"
-]
+const flagsFor = (environment: Environment) => serveFlags(environment, "clitest")
 
 const envFor = passwordEnv
 
