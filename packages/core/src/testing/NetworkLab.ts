@@ -1131,3 +1131,25 @@ export const parseDnatRules = (ruleset: string): ReadonlyArray<DnatRule> => {
   }
   return rules
 }
+
+/**
+ * Polls `get` every 100 ms (live clock) until `predicate` holds — the state of processes in a lab (nftables rules,
+ * a daemon's mappings) settles on its own time; dies after `timeout` naming `what`.
+ *
+ * @since 0.1.0
+ */
+export const eventually = <A, E, R>(
+  get: Effect.Effect<A, E, R>,
+  predicate: (value: A) => boolean,
+  what: string,
+  timeout: Duration.DurationInput = Duration.seconds(5)
+): Effect.Effect<A, E, R> =>
+  Effect.gen(function*() {
+    const deadline = Date.now() + Duration.toMillis(Duration.decode(timeout))
+    while (true) {
+      const value = yield* get
+      if (predicate(value)) return value
+      if (Date.now() > deadline) return yield* Effect.dieMessage(`timed out waiting for ${what}`)
+      yield* Effect.sleep(Duration.millis(100))
+    }
+  })

@@ -142,22 +142,7 @@ const rulesTo = (internalPort: number) =>
     ({ dnatRules }) => Effect.map(dnatRules, (rules) => rules.filter((rule) => rule.internalPort === internalPort))
   )
 
-/** Polls `get` every 100 ms (live clock) until `predicate` holds; fails after `timeout` naming `what`. */
-const eventually = <A, E, R>(
-  get: Effect.Effect<A, E, R>,
-  predicate: (value: A) => boolean,
-  what: string,
-  timeout: Duration.DurationInput = Duration.seconds(5)
-) =>
-  Effect.gen(function*() {
-    const deadline = Date.now() + Duration.toMillis(Duration.decode(timeout))
-    while (true) {
-      const value = yield* get
-      if (predicate(value)) return value
-      if (Date.now() > deadline) return yield* Effect.dieMessage(`timed out waiting for ${what}`)
-      yield* Effect.sleep(Duration.millis(100))
-    }
-  })
+const eventually = NetworkLab.eventually
 
 const isKeepEvent = (key: string, tag: RemoteKeepEvent["_tag"], reason?: NatPmpClient.KeepReason) =>
 (

@@ -145,22 +145,7 @@ const natpmpcMap = (protocol: Protocol, publicPort: number, privatePort: number,
     ({ net }) => Natpmpc.map(net.lan, net.home.router, { protocol, publicPort, privatePort, lifetime })
   )
 
-/** Polls `get` every 100 ms until `predicate` holds; dies after `timeout` naming `what`. */
-const eventually = <A, E, R>(
-  get: Effect.Effect<A, E, R>,
-  predicate: (value: A) => boolean,
-  what: string,
-  timeout: Duration.DurationInput = Duration.seconds(5)
-) =>
-  Effect.gen(function*() {
-    const deadline = Date.now() + Duration.toMillis(Duration.decode(timeout))
-    while (true) {
-      const value = yield* get
-      if (predicate(value)) return value
-      if (Date.now() > deadline) return yield* Effect.dieMessage(`timed out waiting for ${what}`)
-      yield* Effect.sleep(Duration.millis(100))
-    }
-  })
+const eventually = NetworkLab.eventually
 
 /** The router and the VPN hold nothing of the bridge (nor stale nftables rules). */
 const expectClean = Effect.gen(function*() {
