@@ -232,8 +232,8 @@ const decodeRows = <A, I>(schema: Schema.Schema<A, I>, what: string) => {
     })
 }
 
-/** `NatRule` properties read by {@link decodeNatRules}'s fast path: camelCase name, RouterOS name. */
-const NAT_RULE_TEXT: ReadonlyArray<readonly [string, string]> = [
+/** NAT rule properties the project reads and writes: camelCase name, RouterOS name. */
+const NAT_INPUT_KEYS: ReadonlyArray<readonly [keyof NatRuleInput, string]> = [
   ["chain", "chain"],
   ["action", "action"],
   ["protocol", "protocol"],
@@ -243,8 +243,12 @@ const NAT_RULE_TEXT: ReadonlyArray<readonly [string, string]> = [
   ["inInterfaceList", "in-interface-list"],
   ["toAddresses", "to-addresses"],
   ["toPorts", "to-ports"],
-  ["comment", "comment"]
+  ["comment", "comment"],
+  ["disabled", "disabled"]
 ]
+
+/** The text properties among them, read by {@link decodeNatRules}'s fast path. */
+const NAT_RULE_TEXT = NAT_INPUT_KEYS.filter(([key]) => key !== "disabled")
 
 const decodeNatRulesWithSchema = decodeRows(NatRule, "NAT rule")
 
@@ -304,20 +308,6 @@ export interface NatRuleInput {
   readonly comment?: string | undefined
   readonly disabled?: boolean | undefined
 }
-
-const NAT_INPUT_KEYS: ReadonlyArray<readonly [keyof NatRuleInput, string]> = [
-  ["chain", "chain"],
-  ["action", "action"],
-  ["protocol", "protocol"],
-  ["dstPort", "dst-port"],
-  ["dstAddress", "dst-address"],
-  ["inInterface", "in-interface"],
-  ["inInterfaceList", "in-interface-list"],
-  ["toAddresses", "to-addresses"],
-  ["toPorts", "to-ports"],
-  ["comment", "comment"],
-  ["disabled", "disabled"]
-]
 
 const natAttributes = (input: NatRuleInput): Record<string, AttributeValue> => {
   const attributes: Record<string, AttributeValue> = {}
