@@ -118,15 +118,19 @@ export const make = (
     // mapping service offers them so): the last answer's bytes are reused while neither changes.
     const publicAddressState = mapping.unsafePublicAddressState ??
       (() => runSync(Effect.all({ publicAddress: mapping.publicAddress, epoch: mapping.epoch })))
-    let lastAnswer: {
+    interface Answer {
       readonly address: Option.Option<string>
       readonly epoch: number
-      readonly response: NatPmpMessage.PublicAddressResponse | undefined
+      readonly response: NatPmpMessage.PublicAddressResponse
       readonly bytes: Uint8Array
-    } = { address: Option.none(), epoch: -1, response: undefined, bytes: new Uint8Array(0) }
-    const publicAddressAnswer = (): typeof lastAnswer => {
+    }
+    let lastAnswer: Answer | undefined = undefined
+    const publicAddressAnswer = (): Answer => {
       const { epoch, publicAddress: address } = publicAddressState()
-      if (epoch !== lastAnswer.epoch || Option.getOrUndefined(address) !== Option.getOrUndefined(lastAnswer.address)) {
+      if (
+        lastAnswer === undefined || epoch !== lastAnswer.epoch ||
+        Option.getOrUndefined(address) !== Option.getOrUndefined(lastAnswer.address)
+      ) {
         const response: NatPmpMessage.PublicAddressResponse = {
           _tag: "PublicAddressResponse",
           resultCode: Option.isSome(address)
@@ -157,7 +161,7 @@ export const make = (
           stats.received++
           const answer = publicAddressAnswer()
           sendAnswer(opened, answer.bytes, received)
-          metrics.unsafeRequest(answer.response!, Number(process.hrtime.bigint() - started) / 1e9)
+          metrics.unsafeRequest(answer.response, Number(process.hrtime.bigint() - started) / 1e9)
           return
         }
         // a mapping request from an allowed client gets its handler fiber right here, without the queue's hop
@@ -232,20 +236,8 @@ export const make = (
           case "Request": {
             const request = classified.request
             if (request._tag === "PublicAddressRequest") {
-              const address = yield* mapping.publicAddress
-              return yield* reply(
-                {
-                  _tag: "PublicAddressResponse",
-                  resultCode: Option.isSome(address)
-                    ? NatPmpMessage.ResultCode.Success
-                    : NatPmpMessage.ResultCode.NetworkFailure,
-                  epoch: yield* mapping.epoch,
-                  publicAddress: Option.getOrElse(address, () => "0.0.0.0")
-                },
-                datagram,
-                client,
-                started
-              )
+              // the same answer the socket callback gives (this path serves datagrams queued before it could)
+              return yield* reply(publicAddressAnswer().response, datagram, client, started)
             }
             return yield* reply(yield* mapping.handle(client, request), datagram, client, started)
           }
