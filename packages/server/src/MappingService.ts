@@ -34,6 +34,7 @@ import type * as Scope from "effect/Scope"
 import { BridgeMetrics } from "./BridgeMetrics.js"
 import { ClientPolicy } from "./ClientPolicy.js"
 import * as KeyedLock from "./internal/KeyedLock.js"
+import { LeaseTable } from "./internal/LeaseTable.js"
 import * as PortSpec from "./PortSpec.js"
 import type { NatRule, Protocol, RouterError, RuleSpec } from "./Router.js"
 import {
@@ -275,7 +276,7 @@ export const make = (
     const operations = yield* FiberSet.make<void, never>()
 
     const locks = KeyedLock.make()
-    const leases = new Map<string, Lease>()
+    const leases = new LeaseTable<Lease>()
     /** Upstream (VPN internal) ports in use or reserved, by protocol/port → lease key. */
     const upstreamPorts = new Map<string, string>()
     /** New mappings in progress per client (quota). */
@@ -338,18 +339,8 @@ export const make = (
         if (upstreamPorts.get(upstream) === key) upstreamPorts.delete(upstream)
       })
 
-    const heldBy = (client: string) => {
-      let held = 0
-      for (const lease of leases.values()) if (lease.client === client) held++
-      return held
-    }
-
-    const routerPortTaken = (protocol: Protocol, port: number, exceptKey: string) => {
-      for (const [key, lease] of leases) {
-        if (key !== exceptKey && lease.protocol === protocol && lease.routerPort === port) return true
-      }
-      return false
-    }
+    const routerPortTaken = (protocol: Protocol, port: number, exceptKey: string) =>
+      leases.routerPortTaken(protocol, port, exceptKey)
 
     const logUndo = (what: string) => <E extends { readonly message: string }>(effect: Effect.Effect<void, E>) =>
       effect.pipe(Effect.catchAll((error) => Effect.logWarning(`rollback: ${what} failed: ${error.message}`)))
@@ -481,7 +472,7 @@ export const make = (
       Effect.gen(function*() {
         const { internalPort, protocol } = request
         const key = keyOf(client, protocol, internalPort)
-        const held = heldBy(client) + (pendingNew.get(client) ?? 0)
+        const held = leases.heldBy(client) + (pendingNew.get(client) ?? 0)
         if (held >= policy.clientQuota) {
           return yield* new QuotaExceededError({ client, quota: policy.clientQuota })
         }
@@ -801,21 +792,25 @@ export const make = (
     // -------------------------------------------------------------------------
 
     const expireDue = (now: number) =>
-      Effect.gen(function*() {
-        const due: Array<string> = []
-        for (const [key, lease] of leases) if (lease.expiresAt <= now) due.push(key)
-        if (due.length === 0) return
-        yield* locks.withLocks(
-          due,
+      Effect.suspend(() => {
+        const due = leases.takeExpired(now)
+        if (due.length === 0) return Effect.void
+        return locks.withLocks(
+          due.map(([key]) => key),
           Effect.gen(function*() {
             const at = yield* Clock.currentTimeMillis
-            // under the locks: a renewal that won the race has moved `expiresAt`
-            const expired = due.flatMap((key) => {
+            // under the locks: a renewal that won the race has replaced the lease and moved `expiresAt`
+            const expired = due.flatMap(([key]) => {
               const lease = leases.get(key)
               return lease !== undefined && lease.expiresAt <= at ? [[key, lease] as const] : []
             })
             yield* dropLeases(expired, "expired")
           })
+        ).pipe(
+          // whatever was not removed (an interruption) goes back on the schedule
+          Effect.ensuring(Effect.sync(() => {
+            for (const [key, lease] of due) leases.reschedule(key, lease)
+          }))
         )
       })
 
@@ -824,8 +819,7 @@ export const make = (
       yield* expireDue(now)
       const after = yield* Clock.currentTimeMillis
       // from here to the wait no other fiber runs: a lease recorded later sees `expiryCheckAt` and wakes us if needed
-      let next = Number.POSITIVE_INFINITY
-      for (const lease of leases.values()) next = Math.min(next, lease.expiresAt)
+      const next = leases.nextExpiry()
       if (next <= after) return
       expiryCheckAt = next
       const waitForChange = Queue.take(wake)
