@@ -995,21 +995,32 @@ export const make = (
       stopping = true
       yield* FiberSet.awaitEmpty(operations).pipe(Effect.timeout(Duration.times(shutdownTimeout, 0.5)), Effect.ignore)
       const all = [...leases.entries()]
-      const ownRules = yield* router.dstNatRules.pipe(
-        Effect.map((rules) => rules.filter((rule) => isOwnComment(rule.comment, bridgeId)).map((rule) => rule.id)),
-        Effect.catchAll(() => Effect.succeed(all.map(([, lease]) => lease.ruleId)))
+      const ownRuleIds = router.dstNatRules.pipe(
+        Effect.map((rules) => rules.filter((rule) => isOwnComment(rule.comment, bridgeId)).map((rule) => rule.id))
       )
+      const ownRules = yield* ownRuleIds.pipe(Effect.orElseSucceed(() => all.map(([, lease]) => lease.ruleId)))
       leases.clear()
-      yield* Effect.all([
-        router.removeRules(ownRules).pipe(
-          Effect.catchAll((error) => Effect.logWarning(`shutdown: ${error.message}`))
-        ),
+      // the rules are what must not outlive the bridge (a VPN mapping expires by itself): a failed removal (a reply
+      // late behind the VPN unmaps, a dropped connection) is tried again from a fresh print of the own rules
+      const removeOwnRules = Effect.gen(function*() {
+        let ids = ownRules
+        for (let attempt = 1; ids.length > 0; attempt++) {
+          const removed = yield* Effect.either(router.removeRules(ids))
+          if (removed._tag === "Right") return ids.length
+          yield* Effect.logWarning(`shutdown: ${removed.left.message}${attempt < 3 ? " (trying again)" : ""}`)
+          if (attempt === 3) return 0
+          ids = yield* ownRuleIds.pipe(Effect.orElseSucceed(() => ids))
+        }
+        return 0
+      })
+      const [removedRules] = yield* Effect.all([
+        removeOwnRules,
         Effect.forEach(all, ([, lease]) =>
           vpn.unmap(lease.protocol, lease.upstreamPort).pipe(
             Effect.catchAll((error) => Effect.logWarning(`shutdown: VPN unmap failed: ${error.message}`))
           ), { concurrency: "unbounded", discard: true })
-      ], { concurrency: "unbounded", discard: true })
-      yield* Effect.logInfo(`shutdown: removed ${ownRules.length} rule(s) and ${all.length} VPN mapping(s)`)
+      ], { concurrency: "unbounded" })
+      yield* Effect.logInfo(`shutdown: removed ${removedRules} rule(s) and ${all.length} VPN mapping(s)`)
     }).pipe(
       Effect.interruptible,
       Effect.timeout(shutdownTimeout),

@@ -193,6 +193,27 @@ describe("reconciliation, adoption, shutdown, upstream state loss", () => {
       expect(yield* ownRules(env)).toEqual([]) // the router part still happened
     }).pipe(Effect.scoped))
 
+  it.live("shutdown: a failed rule removal is tried again from a fresh print (no own rule left)", () =>
+    Effect.gen(function*() {
+      const env = yield* environment({ natRules: [foreignRule] })
+      const bridge = yield* env.start()
+      const client = yield* env.clientOf(bridge, "127.0.0.20")
+      yield* client.map({ protocol: "tcp", internalPort: 1 })
+      yield* client.map({ protocol: "udp", internalPort: 2 })
+      // the print is answered, the connection that receives the remove is closed before it runs
+      yield* env.router.dropAfter(1)
+      const { commands } = yield* routerCommands(env, bridge.stop)
+      expect(commands).toEqual([
+        "/ip/firewall/nat/print",
+        "/ip/firewall/nat/remove", // dropped
+        "/ip/firewall/nat/print",
+        "/ip/firewall/nat/remove"
+      ])
+      expect(yield* ownRules(env)).toEqual([])
+      expect((yield* env.router.natRules).map((rule) => rule.comment)).toEqual(["web server"])
+      expect(yield* env.vpn.mappings).toEqual([])
+    }).pipe(Effect.scoped))
+
   it.live("announcements on start: from the server's port, epoch 0, 250 ms apart", () =>
     Effect.gen(function*() {
       const h = yield* harness()
