@@ -382,10 +382,27 @@ export const fuzzNatPmpDecode = (count: number, seed: number): FuzzReport => {
   const rng = new Prng(seed)
   const collector = new Collector()
   const canonicalLength = { PublicAddressResponse: 12, MapResponse: 16, ErrorResponse: 8 } as const
+  // the decoders skip the schema's validation of what the wire parser built: the schema must agree on every input
+  const responseBySchema = Schema.decodeEither(NatPmpMessage.Response)
+  const requestBySchema = Schema.decodeEither(NatPmpMessage.Request)
+  const agree = <A>(
+    name: string,
+    bytes: Uint8Array,
+    fast: Either.Either<A, unknown>,
+    schema: Either.Either<A, unknown>
+  ) => {
+    if (
+      Either.isRight(fast) !== Either.isRight(schema) ||
+      (Either.isRight(fast) && JSON.stringify(fast.right) !== JSON.stringify(Either.getOrUndefined(schema)))
+    ) {
+      collector.add(`${name}(${hex(bytes)}) disagrees with its schema`)
+    }
+  }
   for (let i = 0; i < count; i++) {
     const bytes = randomDatagram(rng)
     try {
       const response = NatPmpMessage.decodeResponse(bytes)
+      agree("decodeResponse", bytes, response, responseBySchema(bytes))
       if (Either.isRight(response) !== isValidResponse(bytes)) {
         collector.add(`decodeResponse ${Either.isRight(response) ? "accepted" : "rejected"} ${hex(bytes)}`)
       } else if (Either.isRight(response)) {
@@ -404,6 +421,7 @@ export const fuzzNatPmpDecode = (count: number, seed: number): FuzzReport => {
         }
       }
       const request = NatPmpMessage.decodeRequest(bytes)
+      agree("decodeRequest", bytes, request, requestBySchema(bytes))
       if (Either.isRight(request) !== isValidRequest(bytes)) {
         collector.add(`decodeRequest ${Either.isRight(request) ? "accepted" : "rejected"} ${hex(bytes)}`)
       }

@@ -8,7 +8,7 @@
  * @since 0.1.0
  */
 import * as Data from "effect/Data"
-import type * as Either from "effect/Either"
+import * as Either from "effect/Either"
 import * as ParseResult from "effect/ParseResult"
 import * as Schema from "effect/Schema"
 import * as Ipv4 from "./Ipv4.js"
@@ -337,13 +337,26 @@ export const Response: Schema.Schema<Response, Uint8Array> = Schema.transformOrF
   }
 ).annotations({ identifier: "NatPmpResponse" })
 
-/** Decodes a request datagram. */
-export const decodeRequest: (bytes: Uint8Array) => Either.Either<Request, ParseResult.ParseError> = Schema
-  .decodeEither(Request)
+const decodeRequestWithSchema = Schema.decodeEither(Request)
+const decodeResponseWithSchema = Schema.decodeEither(Response)
 
-/** Decodes a response datagram. */
-export const decodeResponse: (bytes: Uint8Array) => Either.Either<Response, ParseResult.ParseError> = Schema
-  .decodeEither(Response)
+/**
+ * Decodes a request datagram: the same result as `Schema.decodeEither(Request)`, without validating again what the
+ * wire parser built (its fields are in range by construction); a rejection goes through the schema for its error.
+ */
+export const decodeRequest = (bytes: Uint8Array): Either.Either<Request, ParseResult.ParseError> => {
+  const parsed = parseRequest(bytes)
+  return typeof parsed === "string" ? decodeRequestWithSchema(bytes) : Either.right(parsed)
+}
+
+/**
+ * Decodes a response datagram: the same result as `Schema.decodeEither(Response)`, without validating again what
+ * the wire parser built (its fields are in range by construction); a rejection goes through the schema for its error.
+ */
+export const decodeResponse = (bytes: Uint8Array): Either.Either<Response, ParseResult.ParseError> => {
+  const parsed = parseResponse(bytes)
+  return typeof parsed === "string" ? decodeResponseWithSchema(bytes) : Either.right(parsed)
+}
 
 // -----------------------------------------------------------------------------
 // server-side classification
