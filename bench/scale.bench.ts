@@ -46,6 +46,11 @@ type BridgeMessage =
   | { readonly type: "stopped"; readonly wallMs: number }
   | { readonly type: "snapshot"; readonly file: string }
 
+const memoryLine = (stats: Bridge.Stats) =>
+  `RSS ${(stats.rss / MB).toFixed(1)} MB, heap ${(stats.heapUsed / MB).toFixed(1)} MB used of ${
+    (stats.heapTotal / MB).toFixed(1)
+  } MB (new space ${(stats.newSpace / MB).toFixed(1)} MB), external ${(stats.external / MB).toFixed(1)} MB`
+
 const log = (text: string) => console.log(`[${new Date().toISOString().slice(11, 23)}] ${text}`)
 
 /** 127.64.1.1, 127.64.1.2, ... (250 per /24, never .0 or .255). */
@@ -103,7 +108,7 @@ const main = async () => {
     const idle = await bridge.ask("stats", "stats")
     log(`idle: RSS ${(idle.rss / MB).toFixed(1)} MB, heap ${(idle.heapUsed / MB).toFixed(1)} MB`)
     const idleGc = await bridge.ask("gc", "stats")
-    log(`idle after a full GC: RSS ${(idleGc.rss / MB).toFixed(1)} MB, heap ${(idleGc.heapUsed / MB).toFixed(1)} MB`)
+    log(`idle after a full GC: ${memoryLine(idleGc)}`)
 
     // ---- the clients
     const pending = new Map<string, Pending>()
@@ -234,7 +239,7 @@ const main = async () => {
     if (process.env.SCALE_SNAPSHOT !== undefined) {
       log(`heap snapshot: ${(await bridge.ask("snapshot", "snapshot")).file}`)
     }
-    log(`after a full GC: RSS ${(loadedGc.rss / MB).toFixed(1)} MB, heap ${(loadedGc.heapUsed / MB).toFixed(1)} MB`)
+    log(`after a full GC: ${memoryLine(loadedGc)}`)
     const createdOk = creates.filter((outcome) => outcome.ok).length
     const cpuShares = [["bridge", bridge.pid], ["upstream", upstream.pid], ["load", process.pid]] as const
     log(`CPU so far (ms): ${cpuShares.map(([name, pid]) => `${name} ${cpuMsOf(pid).toFixed(0)}`).join(", ")}`)

@@ -14,6 +14,7 @@ import * as Exit from "effect/Exit"
 import * as Layer from "effect/Layer"
 import * as LogLevel from "effect/LogLevel"
 import * as Scope from "effect/Scope"
+import * as V8 from "node:v8"
 
 export interface Ready {
   readonly type: "ready"
@@ -24,6 +25,11 @@ export interface Stats {
   readonly type: "stats"
   readonly rss: number
   readonly heapUsed: number
+  /** V8 heap reserved (all spaces), of which the young generation (new space). */
+  readonly heapTotal: number
+  readonly newSpace: number
+  /** Memory outside the V8 heap that V8 knows of (Buffers, ArrayBuffers). */
+  readonly external: number
   /** process.cpuUsage() user + system, microseconds. */
   readonly cpu: number
   readonly leases: number
@@ -74,10 +80,14 @@ const main = async () => {
         if (message.cmd === "gc" && gc !== undefined) gc()
         Effect.runPromise(Effect.all({ leases: mapping.leases, stats: server.stats })).then(({ leases, stats }) => {
           const memory = process.memoryUsage()
+          const newSpace = V8.getHeapSpaceStatistics().find((space) => space.space_name === "new_space")
           send({
             type: "stats",
             rss: memory.rss,
             heapUsed: memory.heapUsed,
+            heapTotal: memory.heapTotal,
+            newSpace: newSpace?.space_size ?? 0,
+            external: memory.external,
             cpu: cpuNow(),
             leases: leases.length,
             answered: stats.answered,
@@ -88,10 +98,7 @@ const main = async () => {
       }
       case "snapshot": {
         // a heap snapshot for profiling: SCALE_SNAPSHOT names the file
-        import("node:v8").then((v8) => {
-          const file = v8.writeHeapSnapshot(process.env.SCALE_SNAPSHOT)
-          send({ type: "snapshot", file })
-        })
+        send({ type: "snapshot", file: V8.writeHeapSnapshot(process.env.SCALE_SNAPSHOT) })
         return
       }
       case "reconcile": {

@@ -502,6 +502,9 @@ export const make = (options: Options): Effect.Effect<Service, NatPmpSocketError
       )
     }
 
+    // Spans without the call site's stack trace: capturing one costs more than the rest of a request's span work.
+    const spanOptions = { captureStackTrace: false } as const
+
     // One request at a time per key (replies could not be told apart), at most `maxInFlight` in all, in order.
     const exchange = (request: NatPmpMessage.Request): Effect.Effect<NatPmpMessage.Response, NatPmpError> =>
       maxInFlight === 1
@@ -519,7 +522,7 @@ export const make = (options: Options): Effect.Effect<Service, NatPmpSocketError
       }
       yield* Ref.set(lastPublicAddress, Option.some(response.publicAddress))
       return { publicAddress: response.publicAddress, epoch: response.epoch }
-    }).pipe(Effect.withSpan("NatPmpClient.publicAddress"), Effect.annotateLogs({ gateway: label }))
+    }).pipe(Effect.withSpan("NatPmpClient.publicAddress", spanOptions), Effect.annotateLogs({ gateway: label }))
 
     const mapRequest = (request: NatPmpMessage.MapRequest) =>
       Effect.gen(function*() {
@@ -550,7 +553,7 @@ export const make = (options: Options): Effect.Effect<Service, NatPmpSocketError
           suggestedExternalPort,
           lifetime
         })
-      }).pipe(Effect.withSpan("NatPmpClient.map"))
+      }).pipe(Effect.withSpan("NatPmpClient.map", spanOptions))
 
     const unmap = (protocol: Protocol, internalPort: number) =>
       checkPort("internalPort", internalPort, 1).pipe(
@@ -558,13 +561,13 @@ export const make = (options: Options): Effect.Effect<Service, NatPmpSocketError
           mapRequest({ _tag: "MapRequest", protocol, internalPort, suggestedExternalPort: 0, lifetime: 0 })
         ),
         Effect.asVoid,
-        Effect.withSpan("NatPmpClient.unmap")
+        Effect.withSpan("NatPmpClient.unmap", spanOptions)
       )
 
     const unmapAll = (protocol: Protocol) =>
       mapRequest({ _tag: "MapRequest", protocol, internalPort: 0, suggestedExternalPort: 0, lifetime: 0 }).pipe(
         Effect.asVoid,
-        Effect.withSpan("NatPmpClient.unmapAll")
+        Effect.withSpan("NatPmpClient.unmapAll", spanOptions)
       )
 
     // Announcements (RFC 6886 §3.2.1): op-128 responses from the gateway's address, to 224.0.0.1:5350.
