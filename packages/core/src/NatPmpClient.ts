@@ -29,6 +29,7 @@ import type * as Scope from "effect/Scope"
 import * as Stream from "effect/Stream"
 import * as SubscriptionRef from "effect/SubscriptionRef"
 import * as FifoLock from "./internal/FifoLock.js"
+import { Mailbox } from "./internal/Mailbox.js"
 import * as NatPmpMessage from "./NatPmpMessage.js"
 import * as Udp from "./UdpSocket.js"
 
@@ -239,7 +240,7 @@ type Delivery =
 /** A request on the wire, waiting for its reply. */
 interface Pending {
   readonly opcode: number
-  readonly mailbox: Queue.Queue<Delivery>
+  readonly mailbox: Mailbox<Delivery>
   /** The end of the current retransmission wait. */
   deadline: { readonly attempt: number; readonly at: number } | undefined
 }
@@ -294,7 +295,7 @@ export const make = (options: Options): Effect.Effect<Service, NatPmpSocketError
       if (item._tag === "Error") {
         if (item.failure.code === "ECONNREFUSED" && pending.size > 0) {
           for (const waiting of pending.values()) {
-            waiting.mailbox.unsafeOffer({ _tag: "Unreachable", cause: item.failure.cause })
+            waiting.mailbox.offer({ _tag: "Unreachable", cause: item.failure.cause })
           }
         } else {
           ignored.unsafeOffer(`NAT-PMP socket error ignored: ${item.failure.message}`)
@@ -333,7 +334,7 @@ export const make = (options: Options): Effect.Effect<Service, NatPmpSocketError
         ignored.unsafeOffer(`ignored a ${response._tag} that does not answer a pending request`)
         return
       }
-      to.mailbox.unsafeOffer({ _tag: "Reply", response, arrivedAt })
+      to.mailbox.offer({ _tag: "Reply", response, arrivedAt })
     }
     const socket = yield* Udp.open(
       { address: options.localAddress, connect: { address: options.gateway, port } },
@@ -370,17 +371,20 @@ export const make = (options: Options): Effect.Effect<Service, NatPmpSocketError
       )
 
     // The ends of the retransmission waits: one timer fiber for the client's life posts a `WaitOver` into a
-    // request's mailbox at its deadline (a timeout race per attempt would fork two fibers per request).
+    // request's mailbox at its deadline (a timeout race per attempt would fork two fibers per request). Every
+    // deadline is at least `initialTimeout` after it is set, so a timer that never sleeps longer than that wakes in
+    // time for any deadline set while it sleeps: only an idle timer (no deadline at all) needs waking.
     const waiting = new Set<Pending>()
-    let timerSleepsUntil: number | undefined // undefined: the timer waits for a deadline
+    const initialTimeoutMillis = Math.max(1, Duration.toMillis(initialTimeout))
+    let timerIdle = false
     let attempts = 0
     const timerWake = yield* Queue.sliding<void>(1)
     const setDeadline = (request: Pending, at: number): number => {
       const attempt = ++attempts
       request.deadline = { attempt, at }
       waiting.add(request)
-      if (timerSleepsUntil === undefined || at < timerSleepsUntil) {
-        timerSleepsUntil = Number.NEGATIVE_INFINITY // woken: it looks at the deadlines again
+      if (timerIdle) {
+        timerIdle = false
         timerWake.unsafeOffer(undefined)
       }
       return attempt
@@ -399,15 +403,17 @@ export const make = (options: Options): Effect.Effect<Service, NatPmpSocketError
           waiting.delete(request)
         } else if (deadline.at <= now) {
           clearDeadline(request)
-          request.mailbox.unsafeOffer({ _tag: "WaitOver", attempt: deadline.attempt })
+          request.mailbox.offer({ _tag: "WaitOver", attempt: deadline.attempt })
         } else if (next === undefined || deadline.at < next) {
           next = deadline.at
         }
       }
-      timerSleepsUntil = next
-      yield* next === undefined
-        ? Queue.take(timerWake)
-        : Effect.raceFirst(Effect.sleep(Duration.millis(next - now)), Queue.take(timerWake))
+      if (next === undefined) {
+        timerIdle = true
+        yield* Queue.take(timerWake)
+      } else {
+        yield* Effect.sleep(Duration.millis(Math.min(next, now + initialTimeoutMillis) - now))
+      }
     })))
 
     // RFC 6886 §3.6: the epoch must advance by at least 7/8 of the local time elapsed, within 2 s. The time elapsed
@@ -439,7 +445,7 @@ export const make = (options: Options): Effect.Effect<Service, NatPmpSocketError
     const awaitReply = (request: Pending, attempt: number) =>
       Effect.gen(function*() {
         while (true) {
-          const item = yield* Queue.take(request.mailbox)
+          const item = yield* request.mailbox.take
           switch (item._tag) {
             case "WaitOver":
               if (item.attempt === attempt) return Option.none()
@@ -457,8 +463,8 @@ export const make = (options: Options): Effect.Effect<Service, NatPmpSocketError
     const send = (request: NatPmpMessage.Request): Effect.Effect<NatPmpMessage.Response, NatPmpError> => {
       const key = requestReplyKey(request)
       return Effect.acquireUseRelease(
-        Effect.map(Queue.unbounded<Delivery>(), (mailbox) => {
-          const waiter: Pending = { opcode: opcodeOfRequest(request), mailbox, deadline: undefined }
+        Effect.sync(() => {
+          const waiter: Pending = { opcode: opcodeOfRequest(request), mailbox: new Mailbox(), deadline: undefined }
           pending.set(key, waiter)
           return waiter
         }),

@@ -10,7 +10,7 @@ import * as Option from "effect/Option"
 import * as Queue from "effect/Queue"
 import * as TestClock from "effect/TestClock"
 import type * as Dgram from "node:dgram"
-import { eventually, gatewayAndClient, rawSocket, realSleep, sendFrom, sleeperAt } from "./NatPmpFixtures.js"
+import { eventually, gatewayAndClient, rawSocket, realSleep, sendFrom, sleeperWithin } from "./NatPmpFixtures.js"
 
 describe("NatPmpClient", () => {
   describe("requests", () => {
@@ -127,7 +127,8 @@ describe("NatPmpClient", () => {
         for (let i = 0; i < sends.length; i++) {
           const deadline = i + 1 < sends.length ? sends[i + 1] : 127750
           yield* eventually(simulator.requestCount, (n) => n === i + 1, `send ${i + 1}`)
-          yield* sleeperAt(deadline)
+          // the client's timer is asleep (it wakes at the deadline, or earlier on its way there)
+          yield* sleeperWithin(sends[i], deadline)
           yield* TestClock.adjust(deadline - sends[i] - 1)
           yield* realSleep(5)
           expect(yield* simulator.requestCount).toBe(i + 1)

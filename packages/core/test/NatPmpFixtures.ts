@@ -63,6 +63,14 @@ export const sleeperAt = (instant: number) =>
     `a sleep until ${instant} ms`
   )
 
+/** Waits until some fiber sleeps until an instant in (`after`, `until`] ms of the test clock. */
+export const sleeperWithin = (after: number, until: number) =>
+  eventually(
+    Effect.map(TestClock.sleeps(), Chunk.toReadonlyArray),
+    (sleeps) => sleeps.some((instant) => instant > after && instant <= until),
+    `a sleep until an instant in (${after}, ${until}] ms`
+  )
+
 /** A plain UDP socket on loopback, closed with the scope. */
 export const rawSocket = (address = "127.0.0.1") =>
   Effect.acquireRelease(
