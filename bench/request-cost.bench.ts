@@ -114,7 +114,11 @@ const main = async () => {
     await sleep(1000)
     // warm-up: the JIT has seen every path before anything is timed
     const warm = Math.min(count, 500)
-    await phase("warm-up new mappings", warm, (i) => ({ ...map(60)(i), internalPort: 19000 - Math.floor(i / clientCount) }))
+    await phase(
+      "warm-up new mappings",
+      warm,
+      (i) => ({ ...map(60)(i), internalPort: 19000 - Math.floor(i / clientCount) })
+    )
     await phase("warm-up deletes", warm, (i) => ({ ...map(0)(i), internalPort: 19000 - Math.floor(i / clientCount) }))
     const created = await phase("new mapping", count, map(60))
     const renewed = await phase("renewal", count, map(60))
@@ -127,7 +131,11 @@ const main = async () => {
         newMapping: metric(created, `bridge CPU per new mapping (${window} in flight)`),
         renewal: metric(renewed, "bridge CPU per renewal"),
         delete: metric(deleted, "bridge CPU per delete"),
-        publicAddress: { value: Math.round(publicAddress * 10) / 10, unit: "µs", label: "bridge CPU per PUBLIC_ADDRESS" }
+        publicAddress: {
+          value: Math.round(publicAddress * 10) / 10,
+          unit: "µs",
+          label: "bridge CPU per PUBLIC_ADDRESS"
+        }
       }
     })
   } finally {
