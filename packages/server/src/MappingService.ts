@@ -184,6 +184,17 @@ export interface Service {
    * Never fails: failures are answered with their result code, internal port, external port 0 and lifetime 0.
    */
   readonly handle: (client: string, request: NatPmpMessage.MapRequest) => Effect.Effect<NatPmpMessage.MapResponse>
+  /**
+   * The same without a fiber of the caller's (the NAT-PMP server calls it from its socket callback): `reply` is
+   * called once, from the fiber that has the answer, and the effect it returns runs there.
+   */
+  readonly unsafeHandle?:
+    | ((
+      client: string,
+      request: NatPmpMessage.MapRequest,
+      reply: (response: NatPmpMessage.MapResponse) => Effect.Effect<void>
+    ) => void)
+    | undefined
   /** The current leases. */
   readonly leases: Effect.Effect<ReadonlyArray<Lease>>
   /** Runs one reconciliation pass now. */
@@ -201,9 +212,12 @@ interface Answer {
   readonly lifetime: number
 }
 
-/** A caller waiting for an answer until its deadline (clock milliseconds). */
+/**
+ * A caller waiting for an answer until its deadline (clock milliseconds). `reply` is called once, from the fiber
+ * that has the answer (the request's own, or the timekeeper at the deadline), and what it returns runs there.
+ */
 interface Waiting {
-  readonly reply: Deferred.Deferred<Answer>
+  readonly reply: (answer: Answer) => Effect.Effect<void>
   readonly deadline: number
   readonly onTimeout: Answer
 }
@@ -665,64 +679,73 @@ export const make = (
       ).pipe(Effect.as(deleted))
     }
 
+    const runOperation = yield* FiberSet.runtime(operations)<never>()
+
+    /** Answers `waiter` unless it was answered already (its deadline passed, or the request settled). */
+    const answerOnce = (waiter: Waiting, answer: Answer): Effect.Effect<void> =>
+      waiting.delete(waiter)
+        ? waiter.reply(answer).pipe(Effect.catchAllCause((cause) => Effect.logError("answering failed", cause)))
+        : Effect.void
+
     /**
-     * Runs `work` detached from the caller (it completes even if the answer times out), joining an identical
-     * request of the same key already in flight; answers `onTimeout` when it takes longer than the request timeout.
+     * Runs `work` in a fiber of its own, detached from the caller (it completes even if the answer times out),
+     * unless an identical request of the same key is in flight: then `reply` joins that one. Either way `reply` gets
+     * `onTimeout` if no answer is there within the request timeout.
      */
-    const submit = (key: string, signature: string, work: Effect.Effect<Answer>, onTimeout: Answer) =>
-      Effect.gen(function*() {
-        const now = yield* Clock.currentTimeMillis
-        const waiter: Waiting = {
-          reply: Deferred.unsafeMake(FiberId.none),
-          deadline: now + requestTimeoutMillis,
-          onTimeout
-        }
-        waiting.add(waiter)
-        if (timekeeperIdle) {
-          timekeeperIdle = false
-          timekeeperWake.unsafeOffer(undefined)
-        }
-        const requests = inFlight.get(key) ?? []
-        const joined = requests.find((entry) => entry.signature === signature)
-        if (joined !== undefined) {
-          joined.waiters.push(waiter)
-          yield* Effect.logDebug("retransmission joins the request in flight")
-        } else {
-          const entry: InFlight = { signature, waiters: [waiter] }
-          requests.push(entry)
-          inFlight.set(key, requests)
-          // an interrupted request (shutdown) answers nobody: its callers get their timeout answer at the deadline
-          const settle = (exit: Exit.Exit<Answer>) =>
-            Effect.sync(() => {
-              const list = inFlight.get(key)
-              if (list !== undefined) {
-                const index = list.indexOf(entry)
-                if (index >= 0) list.splice(index, 1)
-                if (list.length === 0) inFlight.delete(key)
-              }
-              if (Exit.isSuccess(exit)) {
-                for (const each of entry.waiters) {
-                  waiting.delete(each)
-                  Deferred.unsafeDone(each.reply, exit)
-                }
-              }
-            })
-          yield* FiberSet.run(
-            operations,
-            work.pipe(
-              Effect.catchAllCause((cause) =>
-                Effect.as(
-                  Effect.logError("request failed unexpectedly", cause),
-                  failure(NatPmpMessage.ResultCode.NetworkFailure)
-                )
-              ),
-              Effect.onExit(settle),
-              Effect.asVoid
+    const submit = (
+      key: string,
+      signature: string,
+      work: Effect.Effect<Answer>,
+      onTimeout: Answer,
+      reply: (answer: Answer) => Effect.Effect<void>
+    ): void => {
+      const waiter: Waiting = {
+        reply,
+        deadline: clock.unsafeCurrentTimeMillis() + requestTimeoutMillis,
+        onTimeout
+      }
+      waiting.add(waiter)
+      if (timekeeperIdle) {
+        timekeeperIdle = false
+        timekeeperWake.unsafeOffer(undefined)
+      }
+      const requests = inFlight.get(key) ?? []
+      const joined = requests.find((entry) => entry.signature === signature)
+      if (joined !== undefined) {
+        joined.waiters.push(waiter)
+        runOperation(Effect.logDebug("retransmission joins the request in flight").pipe(Effect.annotateLogs({ key })))
+        return
+      }
+      const entry: InFlight = { signature, waiters: [waiter] }
+      requests.push(entry)
+      inFlight.set(key, requests)
+      // an interrupted request (shutdown) answers nobody: its callers get their timeout answer at the deadline
+      const settle = (exit: Exit.Exit<Answer>) =>
+        Effect.suspend(() => {
+          const list = inFlight.get(key)
+          if (list !== undefined) {
+            const index = list.indexOf(entry)
+            if (index >= 0) list.splice(index, 1)
+            if (list.length === 0) inFlight.delete(key)
+          }
+          if (Exit.isFailure(exit)) return Effect.void
+          return entry.waiters.length === 1
+            ? answerOnce(entry.waiters[0], exit.value)
+            : Effect.forEach(entry.waiters, (each) => answerOnce(each, exit.value), { discard: true })
+        })
+      runOperation(
+        work.pipe(
+          Effect.catchAllCause((cause) =>
+            Effect.as(
+              Effect.logError("request failed unexpectedly", cause),
+              failure(NatPmpMessage.ResultCode.NetworkFailure)
             )
-          )
-        }
-        return yield* Deferred.await(waiter.reply)
-      })
+          ),
+          Effect.onExit(settle),
+          Effect.asVoid
+        )
+      )
+    }
 
     /** Answers the callers still waiting at their deadline with their timeout answer. */
     const timekeeper = Effect.forever(Effect.gen(function*() {
@@ -733,8 +756,7 @@ export const make = (
           next = waiter.deadline
           break
         }
-        waiting.delete(waiter)
-        Deferred.unsafeDone(waiter.reply, Exit.succeed(waiter.onTimeout))
+        yield* answerOnce(waiter, waiter.onTimeout)
       }
       if (next === undefined) {
         timekeeperIdle = true
@@ -744,48 +766,56 @@ export const make = (
       }
     }))
 
-    const handle = (client: string, request: NatPmpMessage.MapRequest): Effect.Effect<NatPmpMessage.MapResponse> =>
-      Effect.gen(function*() {
-        const { internalPort, protocol } = request
-        let answer: Answer
-        if (stopping) {
-          answer = failure(NatPmpMessage.ResultCode.NetworkFailure)
-        } else if (request.lifetime === 0) {
-          answer = internalPort === 0
-            ? yield* submit(keyOf(client, protocol, 0), "delete-all", deleteAll(client, protocol), deleted)
-            : yield* submit(
-              keyOf(client, protocol, internalPort),
-              "delete",
-              deleteOne(client, protocol, internalPort),
-              deleted
-            )
-        } else if (internalPort === 0) {
-          yield* Effect.logWarning("refused: a mapping of internal port 0 (only valid to delete all mappings)")
-          answer = failure(NatPmpMessage.ResultCode.NotAuthorized)
+    const responseTo = (request: NatPmpMessage.MapRequest, answer: Answer): NatPmpMessage.MapResponse => ({
+      _tag: "MapResponse",
+      protocol: request.protocol,
+      resultCode: answer.resultCode,
+      epoch: epochAt(clock.unsafeCurrentTimeMillis()),
+      internalPort: request.internalPort,
+      externalPort: answer.externalPort,
+      lifetime: answer.lifetime
+    })
+
+    const unsafeHandle = (
+      client: string,
+      request: NatPmpMessage.MapRequest,
+      reply: (response: NatPmpMessage.MapResponse) => Effect.Effect<void>
+    ): void => {
+      const { internalPort, protocol } = request
+      const key = keyOf(client, protocol, internalPort)
+      const annotate = Effect.annotateLogs({ key, client, protocol, internalPort })
+      const answer = (result: Answer) => reply(responseTo(request, result))
+      if (stopping) {
+        runOperation(answer(failure(NatPmpMessage.ResultCode.NetworkFailure)))
+      } else if (request.lifetime === 0) {
+        if (internalPort === 0) {
+          submit(key, "delete-all", annotate(deleteAll(client, protocol)), deleted, answer)
         } else {
-          const lifetime = Math.min(request.lifetime, policy.maxLifetime)
-          answer = yield* submit(
-            keyOf(client, protocol, internalPort),
-            `map/${request.suggestedExternalPort}/${request.lifetime}`,
-            mapOrRenew(client, request, lifetime),
-            failure(NatPmpMessage.ResultCode.NetworkFailure)
-          )
+          submit(key, "delete", annotate(deleteOne(client, protocol, internalPort)), deleted, answer)
         }
-        return {
-          _tag: "MapResponse",
-          protocol,
-          resultCode: answer.resultCode,
-          epoch: yield* epoch,
-          internalPort,
-          externalPort: answer.externalPort,
-          lifetime: answer.lifetime
-        } satisfies NatPmpMessage.MapResponse
-      }).pipe(Effect.annotateLogs({
-        key: keyOf(client, request.protocol, request.internalPort),
-        client,
-        protocol: request.protocol,
-        internalPort: request.internalPort
-      }))
+      } else if (internalPort === 0) {
+        runOperation(
+          Effect.logWarning("refused: a mapping of internal port 0 (only valid to delete all mappings)").pipe(
+            annotate,
+            Effect.zipRight(answer(failure(NatPmpMessage.ResultCode.NotAuthorized)))
+          )
+        )
+      } else {
+        const lifetime = Math.min(request.lifetime, policy.maxLifetime)
+        submit(
+          key,
+          `map/${request.suggestedExternalPort}/${request.lifetime}`,
+          annotate(mapOrRenew(client, request, lifetime)),
+          failure(NatPmpMessage.ResultCode.NetworkFailure),
+          answer
+        )
+      }
+    }
+
+    const handle = (client: string, request: NatPmpMessage.MapRequest): Effect.Effect<NatPmpMessage.MapResponse> =>
+      Effect.async<NatPmpMessage.MapResponse>((resume) => {
+        unsafeHandle(client, request, (response) => Effect.sync(() => resume(Effect.succeed(response))))
+      })
 
     // -------------------------------------------------------------------------
     // expiry
@@ -1055,6 +1085,7 @@ export const make = (
         publicAddress: unsafePublicAddress()
       }),
       handle,
+      unsafeHandle,
       leases: Effect.sync(() => [...leases.values()]),
       reconcile,
       subscribeResets: PubSub.subscribe(resets)

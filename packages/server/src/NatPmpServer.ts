@@ -179,7 +179,7 @@ export const make = (
     const local = Udp.localAddress(socket)
 
     /** Metrics and the request's log line: at info for mappings, at debug for the rest. */
-    const observe = (response: NatPmpMessage.Response, client: string, started: bigint) =>
+    const observe = (response: NatPmpMessage.Response, client: string, clientPort: number, started: bigint) =>
       Effect.clockWith((clock) => {
         const seconds = Number(clock.unsafeCurrentTimeNanos() - started) / 1e9
         metrics.unsafeRequest(response, seconds)
@@ -194,8 +194,11 @@ export const make = (
           return Effect.logInfo(
             `${protocol} ${client}:${internalPort === 0 ? "*" : internalPort}: ${outcome} (${durationMs} ms)`
           ).pipe(Effect.annotateLogs({
+            // complete here: the answer may be sent from the fiber of the mapping service that has it
+            service: "NatPmpServer",
             key: `${client}/${protocol}/${internalPort}`,
             client,
+            clientPort,
             protocol,
             internalPort,
             externalPort,
@@ -210,13 +213,13 @@ export const make = (
             : Effect.logDebug(
               `${response._tag === "PublicAddressResponse" ? "public address" : `opcode ${response.opcode}`}: ` +
                 `result ${response.resultCode} (${durationMs} ms)`
-            ).pipe(Effect.annotateLogs({ client, resultCode: response.resultCode, durationMs })))
+            ).pipe(Effect.annotateLogs({ client, clientPort, resultCode: response.resultCode, durationMs })))
       })
 
     const reply = (response: NatPmpMessage.Response, to: Udp.Datagram, client: string, started: bigint) =>
       Effect.suspend(() => {
         sendAnswer(socket, NatPmpMessage.encodeResponse(response), to)
-        return observe(response, client, started)
+        return observe(response, client, to.port, started)
       })
 
     const serve = (datagram: Udp.Datagram, client: string, started: bigint) =>
@@ -261,9 +264,28 @@ export const make = (
         })
       ))
     }
+    // A well-formed mapping request goes straight to the mapping service when it can take it without a fiber of
+    // ours: the answer is sent from the fiber that has it.
+    const unsafeHandle = mapping.unsafeHandle
     dispatch = (datagram) => {
       stats.received++
-      start(datagram, normalizeAddress(datagram.address), clock.unsafeCurrentTimeNanos())
+      const client = normalizeAddress(datagram.address)
+      const started = clock.unsafeCurrentTimeNanos()
+      const classified = unsafeHandle === undefined ? undefined : NatPmpMessage.classifyDatagram(datagram.bytes)
+      if (
+        unsafeHandle === undefined || classified?._tag !== "Request" || classified.request._tag !== "MapRequest"
+      ) {
+        return start(datagram, client, started)
+      }
+      if (active >= maxConcurrent) {
+        stats.overloaded++
+        return
+      }
+      active++
+      unsafeHandle(client, classified.request, (response) => {
+        active--
+        return reply(response, datagram, client, started)
+      })
     }
 
     yield* Effect.forkScoped(Effect.forever(
