@@ -10,6 +10,8 @@ import * as Data from "effect/Data"
 import * as Effect from "effect/Effect"
 import type * as Scope from "effect/Scope"
 import * as Dgram from "node:dgram"
+import * as Dns from "node:dns"
+import * as Net from "node:net"
 
 /** A failed socket operation; `code` is the Node error code (e.g. `ECONNREFUSED`, `EADDRINUSE`). */
 export class SocketFailure extends Data.TaggedError("SocketFailure")<{
@@ -50,6 +52,20 @@ export interface OpenOptions {
   readonly reuseAddr?: boolean | undefined
   /** Connect to this peer: the kernel then drops datagrams from other sources and reports ICMP errors. */
   readonly connect?: { readonly address: string; readonly port: number } | undefined
+}
+
+/**
+ * Resolves an IPv4 literal at once (every address these sockets send to is one: clients, gateways, multicast
+ * groups), anything else with `dns.lookup`. The default lookup defers even a literal to the next tick.
+ */
+const lookup = (
+  hostname: string,
+  // dgram passes the family (4) where the type says options
+  options: Dns.LookupOneOptions | number,
+  callback: (error: NodeJS.ErrnoException | null, address: string, family: number) => void
+): void => {
+  if (Net.isIPv4(hostname)) return callback(null, hostname, 4)
+  Dns.lookup(hostname, typeof options === "number" ? { family: options } : options, callback)
 }
 
 const attempt = <A>(operation: string, f: () => A): Effect.Effect<A, SocketFailure> =>
@@ -97,7 +113,7 @@ export const open = (
   Effect.acquireRelease(
     Effect.gen(function*() {
       const socket = yield* attempt("create socket", () =>
-        Dgram.createSocket({ type: "udp4", reuseAddr: options.reuseAddr ?? false }))
+        Dgram.createSocket({ type: "udp4", reuseAddr: options.reuseAddr ?? false, lookup }))
       const errors: { pending: ((cause: Error) => void) | undefined } = { pending: undefined }
       let ready = false
       socket.on("error", (cause) => {

@@ -157,11 +157,11 @@ export const make = (
           opened !== undefined && bytes.length >= 2 && bytes[0] === NatPmpMessage.Version &&
           bytes[1] === NatPmpMessage.Opcode.PublicAddress && policy.isAllowed(received.address)
         ) {
-          const started = process.hrtime.bigint()
+          const started = performance.now()
           stats.received++
           const answer = publicAddressAnswer()
           sendAnswer(opened, answer.bytes, received)
-          metrics.unsafeRequest(answer.response, Number(process.hrtime.bigint() - started) / 1e9)
+          metrics.unsafeRequest(answer.response, (performance.now() - started) / 1000)
           return
         }
         // a mapping request from an allowed client gets its handler fiber right here, without the queue's hop
