@@ -6,13 +6,16 @@
  * The load generator (bench/support/load-generator.ts) is a process of its own in a client network namespace: it
  * keeps WINDOW requests in flight from SOURCES addresses for DURATION_MS and counts the answers. It loads in turn
  *
- * - the bridge with its simulators (bench/support/bridge-process.ts) in a namespace of their own, reached over a
- *   veth link, and
+ * - the bridge with its simulators (bench/support/bridge-process.ts, bundled like the bin) in a namespace of their
+ *   own, reached over a veth link, and
  * - miniupnpd (Debian miniupnpd-nftables, NAT-PMP only, as a daemon without debug logging, i.e. as deployed) in
  *   the gateway namespace of NetworkLab's topology, reached over a veth link too,
  *
- * two rounds each, alternating, and reports the mean answers/s of each, their ratio, and the CPU time each server
- * used per answer (from /proc). Needs root, miniupnpd, nft and ip; without them the bridge is measured alone on
+ * - for scale, a bare `node:dgram` socket answering cached bytes (bench/support/dgram-floor.ts) in the bridge's
+ *   namespace: the floor of any server written on node's UDP sockets,
+ *
+ * two rounds each, alternating, and reports the mean answers/s of each, the bridge's ratio to miniupnpd, and the CPU
+ * time each server used per answer (from /proc). Needs root, miniupnpd, nft and ip; without them the bridge is measured alone on
  * loopback and miniupnpd is reported as skipped.
  */
 import { NetworkLab } from "@natpmp-bridge/core/testing"
@@ -21,7 +24,7 @@ import * as Effect from "effect/Effect"
 import * as Fs from "node:fs"
 import * as Path from "node:path"
 import type { Child, Metric } from "./support/Child.js"
-import { cpuMillis, printResult, round, runForResult, start, viteNode } from "./support/Child.js"
+import { bundled, cpuMillis, printResult, round, runForResult, start, viteNode } from "./support/Child.js"
 
 const WINDOW = 100
 const SOURCES = 4
@@ -133,14 +136,27 @@ const withLab = Effect.gen(function*() {
     "netns",
     "exec",
     bridgeNs.name,
-    ...viteNode("bench/support/bridge-process.ts", [
-      JSON.stringify({ listen: `${bridgePrefix}.1:5351`, allowedClients: [`${bridgePrefix}.0/24`] })
-    ])
+    ...yield* Effect.promise(() =>
+      bundled("bench/support/bridge-process.ts", [
+        JSON.stringify({ listen: `${bridgePrefix}.1:5351`, allowedClients: [`${bridgePrefix}.0/24`] })
+      ])
+    )
+  ])
+
+  const floor = yield* bridgeProcess([
+    "ip",
+    "netns",
+    "exec",
+    bridgeNs.name,
+    ...yield* Effect.promise(() =>
+      bundled("bench/support/dgram-floor.ts", [JSON.stringify({ listen: `${bridgePrefix}.1:5352` })])
+    )
   ])
 
   const targets: ReadonlyArray<Target> = [
     { name: "miniupnpd", address: lab.lan.gateway, port: 5351, sources: miniSources, pid: miniPid },
-    { name: "bridge", address: bridge.ready.address, port: bridge.ready.port, sources: bridgeSources, pid: bridge.pid }
+    { name: "bridge", address: bridge.ready.address, port: bridge.ready.port, sources: bridgeSources, pid: bridge.pid },
+    { name: "floor", address: floor.ready.address, port: floor.ready.port, sources: bridgeSources, pid: floor.pid }
   ]
   const results = new Map<string, Array<Measured>>(targets.map((target) => [target.name, []]))
   for (let round = 0; round < ROUNDS; round++) {
@@ -152,9 +168,13 @@ const withLab = Effect.gen(function*() {
 })
 
 const bridgeAlone = Effect.gen(function*() {
-  const bridge = yield* bridgeProcess(viteNode("bench/support/bridge-process.ts", [
-    JSON.stringify({ listen: "127.0.0.1:0", allowedClients: ["127.0.0.16/28"] })
-  ]))
+  const bridge = yield* bridgeProcess(
+    yield* Effect.promise(() =>
+      bundled("bench/support/bridge-process.ts", [
+        JSON.stringify({ listen: "127.0.0.1:0", allowedClients: ["127.0.0.16/28"] })
+      ])
+    )
+  )
   const target: Target = {
     name: "bridge",
     address: bridge.ready.address,
@@ -186,6 +206,19 @@ const main = Effect.gen(function*() {
       value: round(mean(bridge.map((run) => run.cpuPerAnswer)), 1),
       unit: "µs",
       label: "bridge CPU time per PUBLIC_ADDRESS answer"
+    }
+  }
+  const floor = results.get("floor")
+  if (floor !== undefined) {
+    metrics.floor_answers_per_s = {
+      value: Math.round(mean(floor.map((run) => run.perSecond))),
+      unit: "answers/s",
+      label: "a bare node:dgram socket answering cached bytes (the floor of a node server), same generator"
+    }
+    metrics.floor_cpu_per_answer = {
+      value: round(mean(floor.map((run) => run.cpuPerAnswer)), 1),
+      unit: "µs",
+      label: "bare node:dgram CPU time per answer"
     }
   }
   const mini = results.get("miniupnpd")

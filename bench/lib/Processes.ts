@@ -88,6 +88,19 @@ export const forkCompiled = async <M extends { readonly type: string }>(
   env: Record<string, string> = {},
   execArgv: ReadonlyArray<string> = []
 ): Promise<Child<M>> => {
+  const outfile = await bundle(script)
+  const child = ChildProcess.fork(outfile, [], {
+    cwd: root,
+    env: { ...process.env, ...env },
+    execArgv: [...execArgv],
+    stdio: ["ignore", "pipe", "pipe", "ipc"]
+  })
+  pipeOutput(child, name)
+  return new Child<M>(child, name)
+}
+
+/** Bundles a TypeScript script of bench/ for plain node (see {@link forkCompiled}); the bundle's path. */
+export const bundle = async (script: string): Promise<string> => {
   const esbuild = await import("esbuild")
   const outDir = Path.join(root, "bench", ".out")
   Fs.mkdirSync(outDir, { recursive: true })
@@ -103,14 +116,7 @@ export const forkCompiled = async <M extends { readonly type: string }>(
     banner: { js: "import { createRequire } from \"node:module\"; const require = createRequire(import.meta.url);" },
     logLevel: "warning"
   })
-  const child = ChildProcess.fork(outfile, [], {
-    cwd: root,
-    env: { ...process.env, ...env },
-    execArgv: [...execArgv],
-    stdio: ["ignore", "pipe", "pipe", "ipc"]
-  })
-  pipeOutput(child, name)
-  return new Child<M>(child, name)
+  return outfile
 }
 
 export const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms))

@@ -7,6 +7,7 @@ import * as Fs from "node:fs"
 import * as Path from "node:path"
 import * as Readline from "node:readline"
 import * as Url from "node:url"
+import { bundle } from "../lib/Processes.js"
 
 /** The repository root. */
 export const root = Path.resolve(Path.dirname(Url.fileURLToPath(import.meta.url)), "../..")
@@ -16,6 +17,16 @@ export const viteNode = (file: string, args: ReadonlyArray<string> = []): Array<
   process.execPath,
   Path.join(root, "node_modules/vite-node/vite-node.mjs"),
   Path.join(root, file),
+  ...args
+]
+
+/**
+ * The argv that runs a TypeScript file of bench/ bundled for plain node, as the bins ship (esbuild, the packages'
+ * built dist): what a server under measurement runs as. vite-node's module runner costs a hot path measurably more.
+ */
+export const bundled = async (file: string, args: ReadonlyArray<string> = []): Promise<Array<string>> => [
+  process.execPath,
+  await bundle(file),
   ...args
 ]
 
