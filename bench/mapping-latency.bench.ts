@@ -4,8 +4,8 @@
  *   npm run build && node node_modules/vite-node/vite-node.mjs bench/mapping-latency.bench.ts
  *
  * The bridge and its simulators (RouterOS 7 router, ProtonVPN-like VPN gateway) run in a child process
- * (bench/support/bridge-process.ts, default log level INFO as shipped). This process is the LAN: 1, 10 or 100
- * concurrent clients (plain UDP sockets on 127.0.0.20–29), each asking for a new TCP mapping, waiting for the
+ * (bench/support/bridge-process.ts, bundled like the bin, default log level INFO as shipped). This process is the
+ * LAN: 1, 10 or 100 concurrent clients (plain UDP sockets on 127.0.0.20–29), each asking for a new TCP mapping, waiting for the
  * answer, deleting it (untimed) and starting over. The same number of new mappings is then done directly by the
  * child against its simulators, with the same concurrency over one NAT-PMP client and one RouterOS connection like
  * the bridge's: VPN map, dstnat print, rule add (then rule remove and VPN unmap, untimed). The latency added by the
@@ -19,7 +19,7 @@
  */
 import * as Dgram from "node:dgram"
 import type { Metric } from "./support/Child.js"
-import { percentile, printResult, round, start, viteNode } from "./support/Child.js"
+import { bundled, percentile, printResult, round, start } from "./support/Child.js"
 
 const LEVELS: ReadonlyArray<{ readonly concurrency: number; readonly count: number }> = [
   { concurrency: 1, count: 400 },
@@ -30,7 +30,7 @@ const CLIENTS = 10
 const TIMEOUT_MS = 3000
 
 const child = await start(
-  viteNode("bench/support/bridge-process.ts", [
+  await bundled("bench/support/bridge-process.ts", [
     JSON.stringify({ allowedClients: ["127.0.0.16/28"], clientQuota: 1000 })
   ])
 )

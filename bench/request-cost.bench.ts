@@ -11,7 +11,8 @@
  * a renewal of each, then a delete of each; PUBLIC_ADDRESS requests last. Every answer is checked (result 0).
  *
  * COST_COUNT (default 4,000; BENCH_QUICK=1: 500), COST_CLIENTS (default 500), COST_WINDOW (default 10);
- * COST_BRIDGE_NODE_OPTIONS: node options of the bridge process (e.g. `--cpu-prof --cpu-prof-dir=prof`).
+ * COST_BRIDGE_NODE_OPTIONS: node options of the bridge process (e.g. `--cpu-prof --cpu-prof-dir=prof`); COST_PHASES:
+ * some of `new,renewal,delete,public` (e.g. `new` for a profile of new mappings alone).
  */
 import { NatPmpMessage } from "@natpmp-bridge/core"
 import * as Dgram from "node:dgram"
@@ -120,23 +121,25 @@ const main = async () => {
       (i) => ({ ...map(60)(i), internalPort: 19000 - Math.floor(i / clientCount) })
     )
     await phase("warm-up deletes", warm, (i) => ({ ...map(0)(i), internalPort: 19000 - Math.floor(i / clientCount) }))
-    const created = await phase("new mapping", count, map(60))
-    const renewed = await phase("renewal", count, map(60))
-    const deleted = await phase("delete", count, map(0))
-    const publicAddress = await phase("public address", count * 5, () => ({ _tag: "PublicAddressRequest" }))
+    // COST_PHASES limits the run to some phases (e.g. `new` for a profile of new mappings alone)
+    const phases = (process.env.COST_PHASES ?? "new,renewal,delete,public").split(",")
+    const run = (key: string, name: string, total: number, request: (i: number) => NatPmpMessage.Request) =>
+      phases.includes(key) ? phase(name, total, request) : Promise.resolve(Number.NaN)
+    const created = await run("new", "new mapping", count, map(60))
+    const renewed = await run("renewal", "renewal", count, map(60))
+    const deleted = await run("delete", "delete", count, map(0))
+    const publicAddress = await run("public", "public address", count * 5, () => ({ _tag: "PublicAddressRequest" }))
     const metric = (value: number, label: string) => ({ value: Math.round(value), unit: "µs", label })
+    const metrics = {
+      newMapping: metric(created, `bridge CPU per new mapping (${window} in flight)`),
+      renewal: metric(renewed, "bridge CPU per renewal"),
+      delete: metric(deleted, "bridge CPU per delete"),
+      publicAddress: { value: Math.round(publicAddress * 10) / 10, unit: "µs", label: "bridge CPU per PUBLIC_ADDRESS" }
+    }
     BenchResult.emit({
       bench: "request-cost",
-      metrics: {
-        newMapping: metric(created, `bridge CPU per new mapping (${window} in flight)`),
-        renewal: metric(renewed, "bridge CPU per renewal"),
-        delete: metric(deleted, "bridge CPU per delete"),
-        publicAddress: {
-          value: Math.round(publicAddress * 10) / 10,
-          unit: "µs",
-          label: "bridge CPU per PUBLIC_ADDRESS"
-        }
-      }
+      // the phases not run (COST_PHASES) are left out
+      metrics: Object.fromEntries(Object.entries(metrics).filter(([, each]) => Number.isFinite(each.value)))
     })
   } finally {
     for (const socket of sockets) socket.close()
