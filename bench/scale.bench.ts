@@ -305,7 +305,7 @@ const main = async () => {
       `end: bridge ${end.leases} leases, ${counters.natRules} router rules, ${counters.vpnMappings} VPN mappings, ` +
         `overloaded drops ${end.overloaded}; bridge CPU during the rounds ${
           ((roundsCpu / 1000 / roundsWall) * 100).toFixed(1)
-        }%`
+        }%; ${memoryLine(end)}`
     )
 
     // ---- shutdown with every lease
@@ -347,6 +347,7 @@ const main = async () => {
         `bridge live JS heap growth for ${leaseCount} leases (after a full GC)`
       ),
       rssPeak: metric(rssPeak / MB, "MB", "bridge RSS peak during the run (2 s samples)"),
+      rssEnd: metric(end.rss / MB, "MB", `bridge RSS at the end of the renewal rounds, ${end.leases} leases`),
       reconcileCpu: metric(
         median(quiet.map((q) => q.cpu / 1000)),
         "ms",
