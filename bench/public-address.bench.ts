@@ -131,27 +131,17 @@ const withLab = Effect.gen(function*() {
   for (const address of bridgeSources.slice(1)) {
     yield* lab.cli.run(["ip", "addr", "add", `${address}/24`, "dev", "eth1"])
   }
-  const bridge = yield* bridgeProcess([
-    "ip",
-    "netns",
-    "exec",
-    bridgeNs.name,
-    ...yield* Effect.promise(() =>
-      bundled("bench/support/bridge-process.ts", [
-        JSON.stringify({ listen: `${bridgePrefix}.1:5351`, allowedClients: [`${bridgePrefix}.0/24`] })
-      ])
+  /** A server of bench/support, bundled, in the bridge's namespace. */
+  const inBridgeNamespace = (script: string, options: object) =>
+    Effect.flatMap(
+      Effect.promise(() => bundled(script, [JSON.stringify(options)])),
+      (argv) => bridgeProcess(["ip", "netns", "exec", bridgeNs.name, ...argv])
     )
-  ])
-
-  const floor = yield* bridgeProcess([
-    "ip",
-    "netns",
-    "exec",
-    bridgeNs.name,
-    ...yield* Effect.promise(() =>
-      bundled("bench/support/dgram-floor.ts", [JSON.stringify({ listen: `${bridgePrefix}.1:5352` })])
-    )
-  ])
+  const bridge = yield* inBridgeNamespace("bench/support/bridge-process.ts", {
+    listen: `${bridgePrefix}.1:5351`,
+    allowedClients: [`${bridgePrefix}.0/24`]
+  })
+  const floor = yield* inBridgeNamespace("bench/support/dgram-floor.ts", { listen: `${bridgePrefix}.1:5352` })
 
   const targets: ReadonlyArray<Target> = [
     { name: "miniupnpd", address: lab.lan.gateway, port: 5351, sources: miniSources, pid: miniPid },

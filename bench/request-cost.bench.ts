@@ -18,7 +18,7 @@ import { NatPmpMessage } from "@natpmp-bridge/core"
 import * as Dgram from "node:dgram"
 import * as BenchResult from "./lib/BenchResult.js"
 import type { Child } from "./lib/Processes.js"
-import { cpuMsOf, forkCompiled, forkTs, sleep } from "./lib/Processes.js"
+import { cpuMsOf, endChild, forkCompiled, forkTs, sleep } from "./lib/Processes.js"
 import type * as Bridge from "./lib/scale-bridge.js"
 import type * as Upstream from "./lib/scale-upstream.js"
 
@@ -143,12 +143,7 @@ const main = async () => {
     })
   } finally {
     for (const socket of sockets) socket.close()
-    if (bridge !== undefined && process.env.COST_BRIDGE_NODE_OPTIONS !== undefined) {
-      // ends the bridge process by itself, so that what the options asked for (a --cpu-prof profile) is written
-      bridge.process.send({ cmd: "exit" })
-      await Promise.race([bridge.exited, sleep(30_000)])
-    }
-    bridge?.kill()
+    await endChild(bridge, process.env.COST_BRIDGE_NODE_OPTIONS !== undefined)
     upstream.kill()
   }
 }

@@ -22,7 +22,7 @@ import { NatPmpMessage } from "@natpmp-bridge/core"
 import * as Dgram from "node:dgram"
 import * as BenchResult from "./lib/BenchResult.js"
 import type { Child } from "./lib/Processes.js"
-import { cpuMsOf, forkCompiled, forkTs, median, quantile, sleep } from "./lib/Processes.js"
+import { cpuMsOf, endChild, forkCompiled, forkTs, median, quantile, sleep } from "./lib/Processes.js"
 import type * as Bridge from "./lib/scale-bridge.js"
 import type * as Upstream from "./lib/scale-upstream.js"
 
@@ -380,11 +380,7 @@ const main = async () => {
     BenchResult.emit({ bench: "scale", metrics: Object.fromEntries(measured) })
   } finally {
     for (const socket of sockets) socket.close()
-    if (bridge !== undefined && process.env.SCALE_BRIDGE_NODE_OPTIONS !== undefined) {
-      bridge.process.send({ cmd: "exit" })
-      await Promise.race([bridge.exited, sleep(30_000)])
-    }
-    bridge?.kill()
+    await endChild(bridge, process.env.SCALE_BRIDGE_NODE_OPTIONS !== undefined)
     upstream.kill()
   }
 }

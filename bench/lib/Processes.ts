@@ -119,6 +119,18 @@ export const bundle = async (script: string): Promise<string> => {
   return outfile
 }
 
+/**
+ * Ends a child of a bench. One started with node options of its own (`selfExit`: a --cpu-prof profile to write) is
+ * first asked to exit by itself (the bridge's `{ cmd: "exit" }`).
+ */
+export const endChild = async (child: Child<any> | undefined, selfExit: boolean): Promise<void> => {
+  if (child !== undefined && selfExit) {
+    child.process.send({ cmd: "exit" })
+    await Promise.race([child.exited, sleep(30_000)])
+  }
+  child?.kill()
+}
+
 export const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms))
 
 /** The q-quantile (0..1) of numbers, nearest rank. */
