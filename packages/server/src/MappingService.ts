@@ -24,8 +24,10 @@ import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
 import * as Fiber from "effect/Fiber"
 import * as FiberId from "effect/FiberId"
+import * as FiberRef from "effect/FiberRef"
 import * as FiberSet from "effect/FiberSet"
 import * as Layer from "effect/Layer"
+import * as LogLevel from "effect/LogLevel"
 import * as Option from "effect/Option"
 import * as PubSub from "effect/PubSub"
 import * as Queue from "effect/Queue"
@@ -680,6 +682,8 @@ export const make = (
     }
 
     const runOperation = yield* FiberSet.runtime(operations)<never>()
+    // whether a debug line would be written at all (the level is the bridge's, set around its layers)
+    const debugLogged = LogLevel.lessThanEqual(yield* FiberRef.get(FiberRef.currentMinimumLogLevel), LogLevel.Debug)
 
     /** Answers `waiter` unless it was answered already (its deadline passed, or the request settled). */
     const answerOnce = (waiter: Waiting, answer: Answer): Effect.Effect<void> =>
@@ -713,7 +717,9 @@ export const make = (
       const joined = requests.find((entry) => entry.signature === signature)
       if (joined !== undefined) {
         joined.waiters.push(waiter)
-        runOperation(Effect.logDebug("retransmission joins the request in flight").pipe(Effect.annotateLogs({ key })))
+        if (debugLogged) {
+          runOperation(Effect.logDebug("retransmission joins the request in flight").pipe(Effect.annotateLogs({ key })))
+        }
         return
       }
       const entry: InFlight = { signature, waiters: [waiter] }

@@ -233,7 +233,9 @@ export const make = (
           case "UnsupportedVersion":
           case "UnsupportedOpcode": {
             const response = NatPmpMessage.errorReplyFor(classified, yield* mapping.epoch)
-            if (response !== undefined) yield* reply(response, datagram, client, started)
+            if (response !== undefined) {
+              yield* reply(response, datagram, client, started)
+            }
             return
           }
           case "Request": {
@@ -246,7 +248,9 @@ export const make = (
           }
         }
       }).pipe(
-        Effect.catchAllCause((cause) => Effect.logError("request handling failed", cause)),
+        Effect.catchAllCause((cause) =>
+          Effect.logError("request handling failed", cause)
+        ),
         Effect.annotateLogs({ client, clientPort: datagram.port })
       )
 
