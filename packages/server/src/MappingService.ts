@@ -407,26 +407,49 @@ export const make = (
      * tenth of its time).
      */
     let printInFlight: Deferred.Deferred<ReadonlyArray<NatRule>, RouterError> | undefined
-    let lastPrint: { readonly rules: ReadonlyArray<NatRule>; readonly at: number; readonly took: number } | undefined
+    let lastPrint:
+      | {
+        readonly rules: ReadonlyArray<NatRule>
+        readonly printed: number
+        readonly at: number
+        readonly took: number
+      }
+      | undefined
+    /**
+     * What a conflict check needs of a print: an own rule that is exactly the rule of its live lease is left out
+     * (`routerPortTaken` covers it). Kept for reuse, a whole print of thousands of the bridge's own rules would
+     * outlive the young generation and be promoted, every second of a burst of new mappings.
+     */
+    const conflictCandidates = (rules: ReadonlyArray<NatRule>): ReadonlyArray<NatRule> =>
+      rules.filter((rule) => {
+        if (!isOwnComment(rule.comment, bridgeId)) return true
+        const owner = parseOwnership(rule.comment)
+        if (Option.isNone(owner)) return true
+        const lease = leases.get(keyOf(owner.value.client, owner.value.protocol, owner.value.internalPort))
+        return lease === undefined || lease.ruleId !== rule.id ||
+          !ruleMatchesSpec(rule, specOf(lease), router.inInterface)
+      })
     const sharedRules: Effect.Effect<ReadonlyArray<NatRule>, RouterError> = Effect.flatMap(
       Clock.currentTimeMillis,
       (started) => {
         if (printInFlight !== undefined) return Deferred.await(printInFlight)
         if (
           lastPrint !== undefined &&
-          started - lastPrint.at < Math.min(1000, 2 * lastPrint.took + lastPrint.rules.length / 4)
+          started - lastPrint.at < Math.min(1000, 2 * lastPrint.took + lastPrint.printed / 4)
         ) {
           return Effect.succeed(lastPrint.rules)
         }
         const result = Deferred.unsafeMake<ReadonlyArray<NatRule>, RouterError>(FiberId.none)
         printInFlight = result
         return router.dstNatRules.pipe(
+          Effect.map((rules) => ({ rules: conflictCandidates(rules), printed: rules.length })),
           Effect.exit,
           Effect.flatMap((exit) =>
             Effect.flatMap(Clock.currentTimeMillis, (at) => {
               printInFlight = undefined
-              if (Exit.isSuccess(exit)) lastPrint = { rules: exit.value, at, took: at - started }
-              return Effect.zipRight(Deferred.done(result, exit), exit)
+              if (Exit.isSuccess(exit)) lastPrint = { ...exit.value, at, took: at - started }
+              const rules = Exit.map(exit, (printed) => printed.rules)
+              return Effect.zipRight(Deferred.done(result, rules), rules)
             })
           ),
           Effect.onInterrupt(() =>

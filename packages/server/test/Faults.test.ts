@@ -149,6 +149,35 @@ describe("failures, rollback and bounded answers", () => {
       expect((yield* client.map({ protocol: "udp", internalPort: 80 })).resultCode).toBe(0)
     }).pipe(Effect.scoped))
 
+  it.live("conflict check: an own rule without a lease (an orphan) takes its port like anyone's rule", () =>
+    Effect.gen(function*() {
+      const h = yield* harness({ vpnMode: "rfc", bridge: { portMode: "translate" } })
+      const client = yield* h.client("127.0.0.20")
+      // a rule with the bridge's ownership comment that no lease stands for (left by a crash, added by hand...)
+      yield* h.router.addNatRule({
+        chain: "dstnat",
+        action: "dst-nat",
+        protocol: "tcp",
+        "in-interface": "wg-proton",
+        "dst-port": "7000",
+        "to-addresses": "127.0.0.99",
+        "to-ports": "7000",
+        comment: "natpmp-bridge:default tcp 127.0.0.99:7000"
+      })
+      expect((yield* client.map({ protocol: "tcp", internalPort: 7001 })).resultCode).toBe(0)
+      // the orphan's port is not free: the bridge asks the VPN for another one (a live lease's own rule is covered
+      // by the lease itself)
+      expect((yield* client.map({ protocol: "tcp", internalPort: 7000 })).resultCode).toBe(0)
+      const ports = (yield* ownRules(h)).map((rule) =>
+        `${rule["to-addresses"]}:${rule["to-ports"]}@${rule["dst-port"]}`
+      )
+      expect(ports).toContain("127.0.0.99:7000@7000")
+      expect(ports).toContain("127.0.0.20:7001@7001")
+      const mapped = ports.find((port) => port.startsWith("127.0.0.20:7000@"))
+      expect(mapped).toBeDefined()
+      expect(mapped).not.toBe("127.0.0.20:7000@7000")
+    }).pipe(Effect.scoped))
+
   it.live("translate mode: a taken port makes the bridge ask the VPN for another internal port", () =>
     Effect.gen(function*() {
       const h = yield* harness({
