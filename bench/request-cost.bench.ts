@@ -18,7 +18,7 @@ import { NatPmpMessage } from "@natpmp-bridge/core"
 import * as Dgram from "node:dgram"
 import * as BenchResult from "./lib/BenchResult.js"
 import type { Child } from "./lib/Processes.js"
-import { cpuMsOf, endChild, forkCompiled, forkTs, sleep } from "./lib/Processes.js"
+import { cpuMsOf, endChild, forkCompiled, forkTs, scaleBridgeEnv, sleep } from "./lib/Processes.js"
 import type * as Bridge from "./lib/scale-bridge.js"
 import type * as Upstream from "./lib/scale-upstream.js"
 
@@ -39,18 +39,12 @@ const main = async () => {
   const sockets: Array<Dgram.Socket> = []
   try {
     const ready = await upstream.next("ready")
-    bridge = await forkCompiled<BridgeMessage>("bench/lib/scale-bridge.ts", "bridge", {
-      SCALE_BRIDGE: JSON.stringify({
-        vpnGateway: ready.vpn.address,
-        vpnGatewayPort: ready.vpn.port,
-        mikrotik: ready.router,
-        listen: { address: "127.0.0.1", port: 0 },
-        allowedClients: ["127.64.0.0/16"],
-        announce: false,
-        reconcileInterval: "1 hour",
-        clientQuota: 1000
-      })
-    }, (process.env.COST_BRIDGE_NODE_OPTIONS ?? "").split(" ").filter((option) => option !== ""))
+    bridge = await forkCompiled<BridgeMessage>(
+      "bench/lib/scale-bridge.ts",
+      "bridge",
+      scaleBridgeEnv(ready, { clientQuota: 1000 }),
+      (process.env.COST_BRIDGE_NODE_OPTIONS ?? "").split(" ").filter((option) => option !== "")
+    )
     const port = (await bridge.next("ready")).port
     const bridgePid = bridge.pid
 

@@ -22,7 +22,7 @@ import { NatPmpMessage } from "@natpmp-bridge/core"
 import * as Dgram from "node:dgram"
 import * as BenchResult from "./lib/BenchResult.js"
 import type { Child } from "./lib/Processes.js"
-import { cpuMsOf, endChild, forkCompiled, forkTs, median, quantile, sleep } from "./lib/Processes.js"
+import { cpuMsOf, endChild, forkCompiled, forkTs, median, quantile, scaleBridgeEnv, sleep } from "./lib/Processes.js"
 import type * as Bridge from "./lib/scale-bridge.js"
 import type * as Upstream from "./lib/scale-upstream.js"
 
@@ -91,17 +91,10 @@ const main = async () => {
   const sockets: Array<Dgram.Socket> = []
   try {
     const ready = await upstream.next("ready")
-    bridge = await forkCompiled<BridgeMessage>("bench/lib/scale-bridge.ts", "bridge", {
-      SCALE_BRIDGE: JSON.stringify({
-        vpnGateway: ready.vpn.address,
-        vpnGatewayPort: ready.vpn.port,
-        mikrotik: ready.router,
-        listen: { address: "127.0.0.1", port: 0 },
-        allowedClients: ["127.64.0.0/16"],
-        announce: false,
-        reconcileInterval: "1 hour"
-      })
-    }, ["--expose-gc", ...(process.env.SCALE_BRIDGE_NODE_OPTIONS ?? "").split(" ").filter((option) => option !== "")])
+    bridge = await forkCompiled<BridgeMessage>("bench/lib/scale-bridge.ts", "bridge", scaleBridgeEnv(ready), [
+      "--expose-gc",
+      ...(process.env.SCALE_BRIDGE_NODE_OPTIONS ?? "").split(" ").filter((option) => option !== "")
+    ])
     const bridgePort = (await bridge.next("ready")).port
     log(`bridge pid ${bridge.pid} on 127.0.0.1:${bridgePort}; upstream pid ${upstream.pid}`)
     await sleep(3000)

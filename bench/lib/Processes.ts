@@ -5,6 +5,7 @@
 import * as ChildProcess from "node:child_process"
 import * as Fs from "node:fs"
 import * as Path from "node:path"
+import type * as Upstream from "./scale-upstream.js"
 
 export const root = Path.resolve(__dirname, "../..")
 export const viteNode = Path.join(root, "node_modules/vite-node/vite-node.mjs")
@@ -130,6 +131,27 @@ export const endChild = async (child: Child<any> | undefined, selfExit: boolean)
   }
   child?.kill()
 }
+
+/**
+ * The environment of bench/lib/scale-bridge.ts against the simulators of bench/lib/scale-upstream.ts (`ready`): LAN
+ * clients in 127.64.0.0/16 on loopback, no announcements, no periodic reconciliation during the run; `extra`
+ * options added.
+ */
+export const scaleBridgeEnv = (
+  ready: Upstream.Ready,
+  extra: Record<string, unknown> = {}
+): Record<string, string> => ({
+  SCALE_BRIDGE: JSON.stringify({
+    vpnGateway: ready.vpn.address,
+    vpnGatewayPort: ready.vpn.port,
+    mikrotik: ready.router,
+    listen: { address: "127.0.0.1", port: 0 },
+    allowedClients: ["127.64.0.0/16"],
+    announce: false,
+    reconcileInterval: "1 hour",
+    ...extra
+  })
+})
 
 export const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms))
 
