@@ -325,6 +325,8 @@ export const make = (
     const epochAt = (now: number) => Math.max(0, Math.floor((now - epochStart) / 1000))
     const epoch = Effect.map(Clock.currentTimeMillis, epochAt)
     const clock = yield* Effect.clock
+    /** The epoch now, read outside a fiber (the answers given from callbacks). */
+    const unsafeEpoch = () => epochAt(clock.unsafeCurrentTimeMillis())
     const unsafePublicAddress = vpn.unsafePublicAddress
 
     const specOf = (lease: Lease): RuleSpec => ({
@@ -354,9 +356,6 @@ export const make = (
         const upstream = upstreamKey(protocol, port)
         if (upstreamPorts.get(upstream) === key) upstreamPorts.delete(upstream)
       })
-
-    const routerPortTaken = (protocol: Protocol, port: number, exceptKey: string) =>
-      leases.routerPortTaken(protocol, port, exceptKey)
 
     const logUndo = (what: string) => <E extends { readonly message: string }>(effect: Effect.Effect<void, E>) =>
       effect.pipe(Effect.catchAll((error) => Effect.logWarning(`rollback: ${what} failed: ${error.message}`)))
@@ -417,7 +416,7 @@ export const make = (
       | undefined
     /**
      * What a conflict check needs of a print: an own rule that is exactly the rule of its live lease is left out
-     * (`routerPortTaken` covers it). Kept for reuse, a whole print of thousands of the bridge's own rules would
+     * (`leases.routerPortTaken` covers it). Kept for reuse, a whole print of thousands of the bridge's own rules would
      * outlive the young generation and be promoted, every second of a burst of new mappings.
      */
     const conflictCandidates = (rules: ReadonlyArray<NatRule>): ReadonlyArray<NatRule> =>
@@ -528,7 +527,7 @@ export const make = (
             if (Option.isSome(conflict)) {
               return yield* new PortConflictError({ protocol, port, rule: describeRule(conflict.value) })
             }
-            if (routerPortTaken(protocol, port, key)) {
+            if (leases.routerPortTaken(protocol, port, key)) {
               return yield* new PortConflictError({ protocol, port, rule: "of another mapping of the bridge" })
             }
           })
@@ -575,7 +574,7 @@ export const make = (
               protocol,
               candidates,
               key,
-              (port) => Option.isNone(findConflict(rules, use(port))) && !routerPortTaken(protocol, port, key)
+              (port) => Option.isNone(findConflict(rules, use(port))) && !leases.routerPortTaken(protocol, port, key)
             ),
             (port) => releaseUpstream(protocol, port, key)
           )
@@ -799,7 +798,7 @@ export const make = (
       _tag: "MapResponse",
       protocol: request.protocol,
       resultCode: answer.resultCode,
-      epoch: epochAt(clock.unsafeCurrentTimeMillis()),
+      epoch: unsafeEpoch(),
       internalPort: request.internalPort,
       externalPort: answer.externalPort,
       lifetime: answer.lifetime
@@ -1110,7 +1109,7 @@ export const make = (
       epoch,
       publicAddress: vpn.publicAddress,
       unsafePublicAddressState: unsafePublicAddress === undefined ? undefined : () => ({
-        epoch: epochAt(clock.unsafeCurrentTimeMillis()),
+        epoch: unsafeEpoch(),
         publicAddress: unsafePublicAddress()
       }),
       handle,

@@ -164,7 +164,7 @@ export const make = (
           metrics.unsafeRequest(answer.response, (performance.now() - started) / 1000)
           return
         }
-        // a mapping request from an allowed client gets its handler fiber right here, without the queue's hop
+        // a mapping request from an allowed client is dispatched right here, without the queue's hop
         if (
           dispatch !== undefined && bytes.length >= 2 && bytes[0] === NatPmpMessage.Version &&
           (bytes[1] === NatPmpMessage.Opcode.MapUdp || bytes[1] === NatPmpMessage.Opcode.MapTcp) &&
@@ -254,13 +254,19 @@ export const make = (
         Effect.annotateLogs({ client, clientPort: datagram.port })
       )
 
-    /** Serves an allowed client's datagram in a handler fiber of its own, unless too many are in progress. */
-    const start = (datagram: Udp.Datagram, client: string, started: bigint) => {
+    /** Counts a request in progress, or (too many are) drops it: the client retransmits. */
+    const admit = (): boolean => {
       if (active >= maxConcurrent) {
         stats.overloaded++
-        return
+        return false
       }
       active++
+      return true
+    }
+
+    /** Serves an allowed client's datagram in a handler fiber of its own, unless too many are in progress. */
+    const start = (datagram: Udp.Datagram, client: string, started: bigint) => {
+      if (!admit()) return
       runHandler(Effect.ensuring(
         serve(datagram, client, started),
         Effect.sync(() => {
@@ -281,11 +287,7 @@ export const make = (
       ) {
         return start(datagram, client, started)
       }
-      if (active >= maxConcurrent) {
-        stats.overloaded++
-        return
-      }
-      active++
+      if (!admit()) return
       unsafeHandle(client, classified.request, (response) => {
         active--
         return reply(response, datagram, client, started)
