@@ -18,8 +18,9 @@
  * reconciliation pass with 1,000 rules of someone else on the router.
  */
 import * as Dgram from "node:dgram"
-import type { Metric } from "./support/Child.js"
-import { bundled, percentile, printResult, round, start } from "./support/Child.js"
+import * as BenchResult from "./lib/BenchResult.js"
+import { quantile } from "./lib/Processes.js"
+import { bundled, round, start } from "./support/Child.js"
 
 const LEVELS: ReadonlyArray<{ readonly concurrency: number; readonly count: number }> = [
   { concurrency: 1, count: 400 },
@@ -103,7 +104,7 @@ const throughBridge = async (concurrency: number, count: number) => {
   return { latencies, failures }
 }
 
-const metrics: Record<string, Metric> = {}
+const metrics: Record<string, BenchResult.Metric> = {}
 await throughBridge(10, 300) // warm-up of both sides
 await child.command("direct 10 300")
 for (const { concurrency, count } of LEVELS) {
@@ -121,8 +122,8 @@ for (const { concurrency, count } of LEVELS) {
     label: `CPU the bridge adds per new mapping + delete, ${concurrency} concurrent client(s)`
   }
   for (const p of [50, 99]) {
-    const observed = percentile(bridged.latencies, p)
-    const upstream = percentile(direct, p)
+    const observed = quantile(bridged.latencies, p / 100)
+    const upstream = quantile(direct, p / 100)
     console.log(
       `${concurrency} concurrent: p${p} through the bridge ${observed.toFixed(3)} ms, upstream work direct ` +
         `${upstream.toFixed(3)} ms, added ${(observed - upstream).toFixed(3)} ms` +
@@ -182,4 +183,4 @@ metrics.router_reconcile_1000 = {
 
 for (const each of clients) each.close()
 await child.stop()
-printResult("mapping-latency", metrics)
+BenchResult.emit({ bench: "mapping-latency", metrics })

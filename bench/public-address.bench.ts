@@ -23,8 +23,10 @@ import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Fs from "node:fs"
 import * as Path from "node:path"
-import type { Child, Metric } from "./support/Child.js"
-import { bundled, cpuMillis, printResult, round, runForResult, start, viteNode } from "./support/Child.js"
+import * as BenchResult from "./lib/BenchResult.js"
+import { cpuMsOf } from "./lib/Processes.js"
+import type { Child } from "./support/Child.js"
+import { bundled, round, runForResult, start, viteNode } from "./support/Child.js"
 
 const WINDOW = 100
 const SOURCES = 4
@@ -48,7 +50,7 @@ interface Measured {
 /** One run of the load generator (inside `namespace` when given) against `target`. */
 const load = (target: Target, namespace: string | undefined): Effect.Effect<Measured> =>
   Effect.promise(async () => {
-    const before = cpuMillis(target.pid)
+    const before = cpuMsOf(target.pid)
     const result = await runForResult([
       ...(namespace === undefined ? [] : ["ip", "netns", "exec", namespace]),
       ...viteNode("bench/support/load-generator.ts", [JSON.stringify({
@@ -60,7 +62,7 @@ const load = (target: Target, namespace: string | undefined): Effect.Effect<Meas
       })])
     ])
     // the server's CPU over warm-up and measurement, per answer counted (an upper bound)
-    const cpu = cpuMillis(target.pid) - before
+    const cpu = cpuMsOf(target.pid) - before
     const answers = result.answers * (DURATION_MS + WARMUP_MS) / DURATION_MS
     console.log(
       `${target.name}: ${Math.round(result.perSecond)} answers/s (${result.answers} in ${
@@ -186,7 +188,7 @@ const main = Effect.gen(function*() {
   }
   const results = yield* Effect.scoped(missing.length > 0 ? bridgeAlone : withLab)
   const bridge = results.get("bridge")!
-  const metrics: Record<string, Metric> = {
+  const metrics: Record<string, BenchResult.Metric> = {
     bridge_answers_per_s: {
       value: Math.round(mean(bridge.map((run) => run.perSecond))),
       unit: "answers/s",
@@ -230,7 +232,7 @@ const main = Effect.gen(function*() {
       label: "bridge answers/s ÷ miniupnpd answers/s"
     }
   }
-  printResult("public-address", metrics)
+  BenchResult.emit({ bench: "public-address", metrics })
 })
 
 Effect.runPromise(main).catch((error) => {

@@ -169,13 +169,22 @@ export const median = (values: ReadonlyArray<number>): number => {
   return sorted.length % 2 === 1 ? sorted[middle] : (sorted[middle - 1] + sorted[middle]) / 2
 }
 
-/** CPU time (user + system) of a process so far, in ms, from /proc (Linux; NaN elsewhere). */
+/** CPU time (user + system) of any process so far, in ms, from /proc (Linux; NaN elsewhere). */
 export const cpuMsOf = (pid: number): number => {
   try {
     const stat = Fs.readFileSync(`/proc/${pid}/stat`, "utf8")
     const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ")
-    return ((Number(fields[11]) + Number(fields[12])) * 1000) / 100
+    return ((Number(fields[11]) + Number(fields[12])) * 1000) / clockTicks
   } catch {
     return Number.NaN
   }
 }
+
+/** The kernel's clock ticks per second, the unit of /proc's CPU times. */
+const clockTicks = (() => {
+  try {
+    return Number(ChildProcess.execFileSync("getconf", ["CLK_TCK"], { encoding: "utf8" }).trim()) || 100
+  } catch {
+    return 100
+  }
+})()

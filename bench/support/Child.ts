@@ -1,21 +1,17 @@
 /**
  * Helpers of the benchmark scripts: child processes run with vite-node (TypeScript, packages resolved to their
- * built dist), their `READY` and `REPLY` lines, percentiles, and the `BENCH_RESULT` line the runner reads.
+ * built dist) or bundled, speaking the `READY` and `REPLY` line protocol (the IPC children and the statistics are in
+ * bench/lib/Processes.ts, the `BENCH_RESULT` line in bench/lib/BenchResult.ts).
  */
 import * as ChildProcess from "node:child_process"
-import * as Fs from "node:fs"
 import * as Path from "node:path"
 import * as Readline from "node:readline"
-import * as Url from "node:url"
-import { bundle } from "../lib/Processes.js"
-
-/** The repository root. */
-export const root = Path.resolve(Path.dirname(Url.fileURLToPath(import.meta.url)), "../..")
+import { bundle, root, viteNode as viteNodeEntry } from "../lib/Processes.js"
 
 /** The argv that runs a TypeScript file of the repository with vite-node. */
 export const viteNode = (file: string, args: ReadonlyArray<string> = []): Array<string> => [
   process.execPath,
-  Path.join(root, "node_modules/vite-node/vite-node.mjs"),
+  viteNodeEntry,
   Path.join(root, file),
   ...args
 ]
@@ -95,39 +91,6 @@ export const runForResult = async (argv: ReadonlyArray<string>): Promise<any> =>
   if (line === undefined) throw new Error(`${argv.join(" ")} exited with ${code} without a result:\n${stderr}`)
   return JSON.parse(line.slice(7))
 }
-
-/** The `p`-th percentile (0–100) of `values` (nearest rank). */
-export const percentile = (values: ReadonlyArray<number>, p: number): number => {
-  const sorted = [...values].sort((a, b) => a - b)
-  return sorted[Math.min(sorted.length - 1, Math.max(0, Math.ceil(p / 100 * sorted.length) - 1))]
-}
-
-/** A metric of the `BENCH_RESULT` line. */
-export interface Metric {
-  readonly value: number
-  readonly unit: string
-  readonly label: string
-}
-
-/** Prints the `BENCH_RESULT` line (the last line of a benchmark's standard output). */
-export const printResult = (bench: string, metrics: Record<string, Metric>): void => {
-  console.log(`BENCH_RESULT ${JSON.stringify({ bench, metrics })}`)
-}
-
-/** CPU time (user + system) a process has used so far, in milliseconds (from `/proc`: works for any process). */
-export const cpuMillis = (pid: number): number => {
-  const stat = Fs.readFileSync(`/proc/${pid}/stat`, "utf8")
-  const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ")
-  return (Number(fields[11]) + Number(fields[12])) * 1000 / clockTicks
-}
-
-const clockTicks = (() => {
-  try {
-    return Number(ChildProcess.execFileSync("getconf", ["CLK_TCK"], { encoding: "utf8" }).trim()) || 100
-  } catch {
-    return 100
-  }
-})()
 
 /** Rounds to `digits` decimals. */
 export const round = (value: number, digits = 3): number => Number(value.toFixed(digits))
