@@ -125,8 +125,9 @@ export const bundle = async (script: string): Promise<string> => {
  * first asked to exit by itself (the bridge's `{ cmd: "exit" }`).
  */
 export const endChild = async (child: Child<any> | undefined, selfExit: boolean): Promise<void> => {
-  if (child !== undefined && selfExit) {
-    child.process.send({ cmd: "exit" })
+  if (child !== undefined && selfExit && child.process.connected) {
+    // a child that has exited meanwhile closed the channel: nothing to ask
+    child.process.send({ cmd: "exit" }, () => {})
     await Promise.race([child.exited, sleep(30_000)])
   }
   child?.kill()
