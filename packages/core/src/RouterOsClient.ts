@@ -240,14 +240,20 @@ export interface Options {
 }
 
 /**
- * A command: attributes, queries and `.proplist` (see `RouterOsProtocol.CommandParts`) and an
- * optional timeout overriding the client's `commandTimeout`.
+ * A command: attributes, queries and `.proplist` (see `RouterOsProtocol.CommandParts`), an
+ * optional timeout overriding the client's `commandTimeout` and an optional filter of its rows.
  *
  * @since 0.1.0
  * @category models
  */
 export interface CommandOptions extends CommandParts {
   readonly timeout?: Duration.DurationInput | undefined
+  /**
+   * Keeps only the `!re` rows it accepts, dropping the others as they arrive: a print of thousands of rows is
+   * filtered without ever being held whole. Called once per row, in order. If it throws, the command dies with
+   * that defect (its remaining rows are swallowed).
+   */
+  readonly keep?: ((row: Attributes) => boolean) | undefined
 }
 
 /**
@@ -303,6 +309,7 @@ type Resume = (effect: Effect.Effect<CommandResult, RouterOsError>) => void
 interface Pending {
   readonly path: string
   rows: Array<Attributes>
+  readonly keep: ((row: Attributes) => boolean) | undefined
   trap: Extract<Reply, { _tag: "Trap" }> | undefined
   /** `undefined` once cancelled: remaining replies are swallowed until `!done`. */
   resume: Resume | undefined
@@ -381,9 +388,9 @@ class Connection {
   }
 
   /** Registers the tag, then writes the command. Returns the tag. */
-  send(path: string, parts: CommandParts | undefined, resume: Resume): string {
+  send(path: string, parts: CommandOptions | undefined, resume: Resume): string {
     const tag = (++this.tagCounter).toString(10)
-    this.pending.set(tag, { path, rows: [], trap: undefined, resume })
+    this.pending.set(tag, { path, rows: [], keep: parts?.keep, trap: undefined, resume })
     this.write(encodeSentence(commandWords(path, parts, tag)))
     return tag
   }
@@ -421,7 +428,14 @@ class Connection {
           detail: "the router stopped answering (no reply to /cancel)"
         })
       ), this.cancelDeadlineMillis)
-    this.pending.set(cancelTag, { path: "/cancel", rows: [], trap: undefined, resume: undefined, watchdog })
+    this.pending.set(cancelTag, {
+      path: "/cancel",
+      rows: [],
+      keep: undefined,
+      trap: undefined,
+      resume: undefined,
+      watchdog
+    })
     this.write(encodeSentence(["/cancel", `=tag=${tag}`, `.tag=${cancelTag}`]))
   }
 
@@ -439,6 +453,20 @@ class Connection {
     this.onClose(this, error)
   }
 
+  /** Whether the command keeps `row`; a `keep` that throws ends the command with its defect. */
+  private kept(entry: Pending, row: Attributes): boolean {
+    if (entry.keep === undefined) return true
+    try {
+      return entry.keep(row)
+    } catch (defect) {
+      const resume = entry.resume!
+      entry.resume = undefined
+      entry.rows = []
+      resume(Effect.die(defect))
+      return false
+    }
+  }
+
   private onSentence(words: Sentence): void {
     const reply = parseReply(words)
     if (reply._tag === "Fatal") {
@@ -452,7 +480,7 @@ class Connection {
     }
     switch (reply._tag) {
       case "Re":
-        if (entry.resume !== undefined) entry.rows.push(reply.attributes)
+        if (entry.resume !== undefined && this.kept(entry, reply.attributes)) entry.rows.push(reply.attributes)
         return
       case "Trap":
         if (entry.trap === undefined) entry.trap = reply

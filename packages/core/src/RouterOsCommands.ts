@@ -253,31 +253,36 @@ const NAT_RULE_TEXT = NAT_INPUT_KEYS.filter(([key]) => key !== "disabled")
 const decodeNatRulesWithSchema = decodeRows(NatRule, "NAT rule")
 
 /**
- * The `NatRule` schema's decoding written out by hand (a print of every dstnat rule is decoded for each new mapping):
- * the same result for well-formed rows; a row the fast path cannot take (no `.id`, a bad `disabled`) is left to the
- * schema, for its error message.
+ * The `NatRule` schema's decoding of one row written out by hand (a print of every dstnat rule is decoded for each
+ * new mapping): the same result for a well-formed row; `undefined` for a row it cannot take (no `.id`, a bad
+ * `disabled`), left to the schema for its error message.
  */
+const fastNatRule = (row: Attributes): NatRule | undefined => {
+  const id = row[".id"]
+  const disabled = row["disabled"]
+  if (typeof id !== "string") return undefined
+  let flag = false
+  if (disabled !== undefined) {
+    if (disabled === "true" || disabled === "yes") flag = true
+    else if (disabled !== "false" && disabled !== "no") return undefined
+  }
+  const rule: Record<string, string | boolean> = { id }
+  for (const [name, key] of NAT_RULE_TEXT) {
+    const value = row[key]
+    if (value !== undefined) rule[name] = value
+  }
+  rule.disabled = flag
+  return rule as unknown as NatRule
+}
+
 const decodeNatRules = (
   rows: ReadonlyArray<Attributes>
 ): Effect.Effect<ReadonlyArray<NatRule>, RouterOsProtocolError> => {
   const rules = new Array<NatRule>(rows.length)
   for (let i = 0; i < rows.length; i++) {
-    const row = rows[i]
-    const id = row[".id"]
-    const disabled = row["disabled"]
-    if (typeof id !== "string") return decodeNatRulesWithSchema(rows)
-    let flag = false
-    if (disabled !== undefined) {
-      if (disabled === "true" || disabled === "yes") flag = true
-      else if (disabled !== "false" && disabled !== "no") return decodeNatRulesWithSchema(rows)
-    }
-    const rule: Record<string, string | boolean> = { id }
-    for (const [name, key] of NAT_RULE_TEXT) {
-      const value = row[key]
-      if (value !== undefined) rule[name] = value
-    }
-    rule.disabled = flag
-    rules[i] = rule as unknown as NatRule
+    const rule = fastNatRule(rows[i])
+    if (rule === undefined) return decodeNatRulesWithSchema(rows)
+    rules[i] = rule
   }
   return Effect.succeed(rules)
 }
@@ -319,19 +324,27 @@ const natAttributes = (input: NatRuleInput): Record<string, AttributeValue> => {
 }
 
 /**
- * Lists the NAT rules of a chain (all chains when `chain` is undefined), in table order: one `print`.
+ * Lists the NAT rules of a chain (all chains when `chain` is undefined), in table order: one `print`. With `keep`,
+ * only the rules it accepts, filtered as they arrive (a table of thousands of rules is never held whole); `keep`
+ * sees every well-formed rule once, and a malformed one is kept (its decoding fails the list).
  *
  * @since 0.1.0
  * @category nat
  */
 export const listNatRules = (
-  options?: { readonly chain?: string | undefined }
-): Effect.Effect<ReadonlyArray<NatRule>, RouterOsError, RouterOsClient> =>
-  Effect.flatMap(RouterOsClient, (client) =>
+  options?: { readonly chain?: string | undefined; readonly keep?: ((rule: NatRule) => boolean) | undefined }
+): Effect.Effect<ReadonlyArray<NatRule>, RouterOsError, RouterOsClient> => {
+  const keep = options?.keep
+  return Effect.flatMap(RouterOsClient, (client) =>
     client.command("/ip/firewall/nat/print", {
       proplist: NAT_RULE_PROPLIST,
-      queries: options?.chain === undefined ? [] : [`?chain=${options.chain}`]
+      queries: options?.chain === undefined ? [] : [`?chain=${options.chain}`],
+      keep: keep === undefined ? undefined : (row) => {
+        const rule = fastNatRule(row)
+        return rule === undefined || keep(rule)
+      }
     })).pipe(Effect.flatMap((result) => decodeNatRules(result.rows)))
+}
 
 /**
  * Lists the rules of the `dstnat` chain: one `print`.

@@ -1,6 +1,7 @@
 import { describe, expect, it } from "@effect/vitest"
 import { RouterOsClient, RouterOsProtocol } from "@natpmp-bridge/core"
 import { RouterOsSimulator } from "@natpmp-bridge/core/testing"
+import * as Cause from "effect/Cause"
 import * as ConfigProvider from "effect/ConfigProvider"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
@@ -165,6 +166,43 @@ describe("RouterOsClient", () => {
       expect(none.rows).toEqual([])
       yield* sim.setEmptyReplies(false)
       expect((yield* client.command("/ip/firewall/nat/print", { queries: ["?chain=srcnat"] })).rows).toEqual([])
+    }))
+
+  it.scopedLive("keeps only the rows a filter accepts; a filter that throws ends its command, not the connection", () =>
+    Effect.gen(function*() {
+      const sim = yield* startSimulator()
+      const client = yield* connect(sim)
+      yield* Effect.forEach([1, 2, 3, 4], (i) =>
+        client.command("/ip/firewall/nat/add", {
+          attributes: { chain: "dstnat", action: "dst-nat", protocol: "tcp", "dst-port": 7000 + i, comment: `r${i}` }
+        }))
+      const seen: Array<string> = []
+      const even = yield* client.command("/ip/firewall/nat/print", {
+        queries: ["?chain=dstnat"],
+        proplist: ["comment", "dst-port"],
+        keep: (row) => {
+          seen.push(row.comment)
+          return Number(row["dst-port"]) % 2 === 0
+        }
+      })
+      expect(even.rows).toEqual([{ comment: "r2", "dst-port": "7002" }, { comment: "r4", "dst-port": "7004" }])
+      expect(seen).toEqual(["r1", "r2", "r3", "r4"])
+
+      const exit = yield* client.command("/ip/firewall/nat/print", {
+        queries: ["?chain=dstnat"],
+        keep: (row) => {
+          // eslint-disable-next-line no-restricted-syntax -- a filter that throws is what is tested
+          if (row.comment === "r3") throw new Error("bad filter")
+          return true
+        }
+      }).pipe(Effect.exit)
+      const cause = Exit.isFailure(exit) ? exit.cause : Cause.empty
+      expect(Cause.isDie(cause)).toBe(true)
+      expect(String(Cause.squash(cause))).toContain("bad filter")
+      // the rows after the throw are swallowed; the connection still serves the next command
+      const all = yield* client.command("/ip/firewall/nat/print", { queries: ["?chain=dstnat"], proplist: ["comment"] })
+      expect(all.rows.map((row) => row.comment)).toEqual(["r1", "r2", "r3", "r4"])
+      expect(yield* sim.connections).toBe(1)
     }))
 
   it.scopedLive("runs many commands concurrently on one connection, replies routed by tag", () =>

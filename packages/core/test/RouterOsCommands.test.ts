@@ -79,6 +79,40 @@ describe("RouterOsCommands", () => {
         expect(yield* sim.commandLog).toEqual(["/ip/firewall/nat/print", "/ip/firewall/nat/print"])
       }).pipe(Effect.provide(router({ natRules: seededRules }))))
 
+    it.live("keeps only the rules a filter accepts, seeing each rule once, in one print", () =>
+      Effect.gen(function*() {
+        const sim = yield* Simulator
+        const seen: Array<string | undefined> = []
+        const udp = yield* listNatRules({
+          keep: (rule) => {
+            seen.push(rule.chain)
+            return rule.protocol === "udp"
+          }
+        })
+        expect(seen).toEqual(["srcnat", "dstnat", "dstnat"])
+        expect(udp).toEqual([
+          {
+            id: expect.stringMatching(/^\*[0-9A-F]+$/),
+            chain: "dstnat",
+            action: "dst-nat",
+            protocol: "udp",
+            toAddresses: "192.168.88.11",
+            disabled: false
+          }
+        ])
+        expect(yield* listNatRules({ chain: "dstnat", keep: (rule) => rule.disabled })).toMatchObject([
+          { protocol: "tcp", disabled: true }
+        ])
+        expect(yield* sim.commandLog).toEqual(["/ip/firewall/nat/print", "/ip/firewall/nat/print"])
+      }).pipe(Effect.provide(router({ natRules: seededRules }))))
+
+    it.live("a malformed rule is kept by a filter, so that listing fails with its decoding error", () =>
+      Effect.gen(function*() {
+        const error = yield* listNatRules({ keep: () => false }).pipe(Effect.flip)
+        expect(error._tag).toBe("RouterOsProtocolError")
+        expect(error.message).toContain("NAT rule")
+      }).pipe(Effect.provide(router({ natRules: [...seededRules, { chain: "dstnat", disabled: "maybe" }] }))))
+
     it.live("adds, sets and removes rules; the simulator keeps RouterOS field names", () =>
       Effect.gen(function*() {
         const sim = yield* Simulator

@@ -392,6 +392,7 @@ export const instrumentRouter = (router: RouterService, metrics: Service): Route
     ...router,
     lanNetworks: time("addresses", router.lanNetworks),
     dstNatRules: time("print", router.dstNatRules),
+    dstNatRulesWhere: (keep) => time("print", router.dstNatRulesWhere(keep)),
     addRule: (spec) => time("add", router.addRule(spec)),
     updateRule: (id, spec, current) => time("set", router.updateRule(id, spec, current)),
     removeRules: (ids) => time("remove", router.removeRules(ids))

@@ -416,18 +416,18 @@ export const make = (
       | undefined
     /**
      * What a conflict check needs of a print: an own rule that is exactly the rule of its live lease is left out
-     * (`leases.routerPortTaken` covers it). Kept for reuse, a whole print of thousands of the bridge's own rules would
-     * outlive the young generation and be promoted, every second of a burst of new mappings.
+     * (`leases.routerPortTaken` covers it). Held while it arrives and kept for reuse, a whole print of thousands of
+     * the bridge's own rules would outlive the young generation and be promoted, every second of a burst of new
+     * mappings; left out as they arrive, they never leave it.
      */
-    const conflictCandidates = (rules: ReadonlyArray<NatRule>): ReadonlyArray<NatRule> =>
-      rules.filter((rule) => {
-        if (!isOwnComment(rule.comment, bridgeId)) return true
-        const owner = parseOwnership(rule.comment)
-        if (Option.isNone(owner)) return true
-        const lease = leases.get(keyOf(owner.value.client, owner.value.protocol, owner.value.internalPort))
-        return lease === undefined || lease.ruleId !== rule.id ||
-          !ruleMatchesSpec(rule, specOf(lease), router.inInterface)
-      })
+    const isConflictCandidate = (rule: NatRule): boolean => {
+      if (!isOwnComment(rule.comment, bridgeId)) return true
+      const owner = parseOwnership(rule.comment)
+      if (Option.isNone(owner)) return true
+      const lease = leases.get(keyOf(owner.value.client, owner.value.protocol, owner.value.internalPort))
+      return lease === undefined || lease.ruleId !== rule.id ||
+        !ruleMatchesSpec(rule, specOf(lease), router.inInterface)
+    }
     const sharedRules: Effect.Effect<ReadonlyArray<NatRule>, RouterError> = Effect.flatMap(
       Clock.currentTimeMillis,
       (started) => {
@@ -440,8 +440,14 @@ export const make = (
         }
         const result = Deferred.unsafeMake<ReadonlyArray<NatRule>, RouterError>(FiberId.none)
         printInFlight = result
-        return router.dstNatRules.pipe(
-          Effect.map((rules) => ({ rules: conflictCandidates(rules), printed: rules.length })),
+        let printed = 0
+        // filtered as the rules arrive, and again at the end for the leases recorded meanwhile
+        const keep = (rule: NatRule) => {
+          printed++
+          return isConflictCandidate(rule)
+        }
+        return router.dstNatRulesWhere(keep).pipe(
+          Effect.map((rules) => ({ rules: rules.filter(isConflictCandidate), printed })),
           Effect.exit,
           Effect.flatMap((exit) =>
             Effect.flatMap(Clock.currentTimeMillis, (at) => {

@@ -110,6 +110,12 @@ export const make = (
         Effect.map((rules) => rules.map(toNatRule)),
         Effect.mapError(routerError("listing dstnat rules"))
       ),
+      dstNatRulesWhere: (keep) =>
+        RouterOsCommands.listNatRules({ chain: "dstnat", keep: (rule) => keep(toNatRule(rule)) }).pipe(
+          provide,
+          Effect.map((rules) => rules.map(toNatRule)),
+          Effect.mapError(routerError("listing dstnat rules"))
+        ),
       addRule: (spec) =>
         RouterOsCommands.addNatRule(ruleInput(spec, inInterface)).pipe(
           provide,

@@ -89,6 +89,11 @@ export interface Service {
   readonly lanNetworks: Effect.Effect<ReadonlyArray<Ipv4Network>, RouterError>
   /** Every rule of the dstnat chain, any owner: one round trip. */
   readonly dstNatRules: Effect.Effect<ReadonlyArray<NatRule>, RouterError>
+  /**
+   * The rules of the dstnat chain `keep` accepts, filtered as they arrive (a print of thousands of rules is never
+   * held whole): one round trip. `keep` sees each rule once.
+   */
+  readonly dstNatRulesWhere: (keep: (rule: NatRule) => boolean) => Effect.Effect<ReadonlyArray<NatRule>, RouterError>
   /** Adds a rule on the VPN in-interface; returns its id: one round trip. */
   readonly addRule: (spec: RuleSpec) => Effect.Effect<string, RouterError>
   /**
