@@ -19,7 +19,7 @@
  */
 import * as Dgram from "node:dgram"
 import * as BenchResult from "./lib/BenchResult.js"
-import { quantile } from "./lib/Processes.js"
+import { bridgeEnv, quantile } from "./lib/Processes.js"
 import { bundled, round, start } from "./support/Child.js"
 
 const LEVELS: ReadonlyArray<{ readonly concurrency: number; readonly count: number }> = [
@@ -33,7 +33,8 @@ const TIMEOUT_MS = 3000
 const child = await start(
   await bundled("bench/support/bridge-process.ts", [
     JSON.stringify({ allowedClients: ["127.0.0.16/28"], clientQuota: 1000 })
-  ])
+  ]),
+  bridgeEnv()
 )
 const bridge: { readonly address: string; readonly port: number } = child.ready
 

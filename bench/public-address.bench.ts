@@ -24,7 +24,7 @@ import * as Effect from "effect/Effect"
 import * as Fs from "node:fs"
 import * as Path from "node:path"
 import * as BenchResult from "./lib/BenchResult.js"
-import { cpuMsOf } from "./lib/Processes.js"
+import { bridgeEnv, cpuMsOf } from "./lib/Processes.js"
 import type { Child } from "./support/Child.js"
 import { bundled, round, runForResult, start, viteNode } from "./support/Child.js"
 
@@ -72,9 +72,10 @@ const load = (target: Target, namespace: string | undefined): Effect.Effect<Meas
     return { perSecond: result.perSecond, cpuPerAnswer: cpu * 1000 / answers }
   })
 
+/** A node server (the bridge, the floor), started with the bridge's deployed environment. */
 const bridgeProcess = (argv: ReadonlyArray<string>) =>
   Effect.acquireRelease(
-    Effect.promise(() => start(argv)),
+    Effect.promise(() => start(argv, bridgeEnv())),
     (child: Child) => Effect.promise(() => child.stop())
   )
 

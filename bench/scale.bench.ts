@@ -15,6 +15,9 @@
  * A request counts "in time" when answered with success within 2 s (the bridge's answer bound) of its first send;
  * clients retransmit like RFC clients (250 ms, doubling). A renewal must also keep its public port.
  *
+ * The bridge runs with the environment it is deployed with (`DEPLOYED_ENV` of bench/lib/Processes.ts: the node
+ * options and malloc arenas of the Dockerfile and the systemd unit); BENCH_UNTUNED=1 leaves node's and glibc's defaults.
+ *
  * SCALE_CLIENTS (5000), SCALE_LIFETIME (60 s), SCALE_ROUNDS (2), SCALE_CREATE_SECONDS (the ramp-up, default 3/4 of
  * a period: 33.75 s, about 300 new mappings/s); BENCH_QUICK=1: 500 clients, 20 s, 1 round.
  */
@@ -49,7 +52,8 @@ type BridgeMessage =
 const memoryLine = (stats: Bridge.Stats) =>
   `RSS ${(stats.rss / MB).toFixed(1)} MB, heap ${(stats.heapUsed / MB).toFixed(1)} MB used of ${
     (stats.heapTotal / MB).toFixed(1)
-  } MB (new space ${(stats.newSpace / MB).toFixed(1)} MB), external ${(stats.external / MB).toFixed(1)} MB`
+  } MB (new space ${(stats.newSpace / MB).toFixed(1)} MB), external ${(stats.external / MB).toFixed(1)} MB; RSS of ` +
+  `files ${(stats.rssFile / MB).toFixed(1)} MB, anonymous ${(stats.rssAnon / MB).toFixed(1)} MB`
 
 const log = (text: string) => console.log(`[${new Date().toISOString().slice(11, 23)}] ${text}`)
 
@@ -333,6 +337,16 @@ const main = async () => {
         (loaded.rss - idle.rss) / MB,
         "MB",
         `bridge RSS growth for ${leaseCount} leases (target ≤ +40 MB)`
+      ),
+      rssAnonGrowth: metric(
+        (loaded.rssAnon - idle.rssAnon) / MB,
+        "MB",
+        "of which anonymous memory (JS heap, malloc)"
+      ),
+      rssFileGrowth: metric(
+        (loaded.rssFile - idle.rssFile) / MB,
+        "MB",
+        "of which pages of files (node's own code first run under load, shared)"
       ),
       heapLiveGrowth: metric(
         (loadedGc.heapUsed - idleGc.heapUsed) / MB,

@@ -14,6 +14,7 @@ import * as Exit from "effect/Exit"
 import * as Layer from "effect/Layer"
 import * as LogLevel from "effect/LogLevel"
 import * as Scope from "effect/Scope"
+import * as Fs from "node:fs"
 import * as V8 from "node:v8"
 
 export interface Ready {
@@ -30,6 +31,9 @@ export interface Stats {
   readonly newSpace: number
   /** Memory outside the V8 heap that V8 knows of (Buffers, ArrayBuffers). */
   readonly external: number
+  /** Of the RSS, the pages of files (node's own code, shared) and anonymous memory (heap, malloc); 0 off Linux. */
+  readonly rssFile: number
+  readonly rssAnon: number
   /** process.cpuUsage() user + system, microseconds. */
   readonly cpu: number
   readonly leases: number
@@ -71,6 +75,13 @@ const main = async () => {
   const server = Context.get(context, NatPmpServer.NatPmpServer)
   const mapping = Context.get(context, MappingService.MappingService)
 
+  /** RssFile and RssAnon of /proc/self/status, in bytes. */
+  const residentKinds = (): { readonly rssFile: number; readonly rssAnon: number } => {
+    const status = Fs.existsSync("/proc/self/status") ? Fs.readFileSync("/proc/self/status", "utf8") : ""
+    const kB = (name: string) => Number(new RegExp(`^${name}:\\s+(\\d+) kB`, "m").exec(status)?.[1] ?? 0) * 1024
+    return { rssFile: kB("RssFile"), rssAnon: kB("RssAnon") }
+  }
+
   process.on("message", (message: { readonly cmd?: string }) => {
     switch (message.cmd) {
       case "gc":
@@ -88,6 +99,7 @@ const main = async () => {
             heapTotal: memory.heapTotal,
             newSpace: newSpace?.space_size ?? 0,
             external: memory.external,
+            ...residentKinds(),
             cpu: cpuNow(),
             leases: leases.length,
             answered: stats.answered,

@@ -40,10 +40,16 @@ export interface Child {
   readonly stop: (wait?: number) => Promise<void>
 }
 
-/** Starts `argv` (e.g. `ip netns exec NS node …`) and waits for its `READY` line (rejects if it exits first). */
-export const start = (argv: ReadonlyArray<string>): Promise<Child> =>
+/**
+ * Starts `argv` (e.g. `ip netns exec NS node …`) with `env` added to this process's environment and waits for its
+ * `READY` line (rejects if it exits first).
+ */
+export const start = (argv: ReadonlyArray<string>, env: Record<string, string> = {}): Promise<Child> =>
   new Promise((resolve, reject) => {
-    const child = ChildProcess.spawn(argv[0], argv.slice(1), { stdio: ["pipe", "ignore", "pipe"] })
+    const child = ChildProcess.spawn(argv[0], argv.slice(1), {
+      env: { ...process.env, ...env },
+      stdio: ["pipe", "ignore", "pipe"]
+    })
     let other = ""
     const replies: Array<(value: any) => void> = []
     const exited = new Promise<number | null>((resolveExit) => child.on("exit", (code) => resolveExit(code)))
