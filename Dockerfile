@@ -42,8 +42,8 @@ RUN NATPMP_CLI_WRITE_CODE_CACHE=1 node /app/dist/bin/natpmp-bridge.js --help >/d
  && ln -s /app/dist/bin/natpmp.js /usr/local/bin/natpmp
 ENV NODE_ENV=production
 # V8's heap sized for a long-running bridge (see the README, "Memory"): a young generation of at most 16 MB, an old
-# generation that grows 30 % past its live size (musl's malloc needs no arena limit, unlike glibc's in the unit)
-ENV NODE_OPTIONS="--max-semi-space-size=8 --heap-growing-percent=30"
+# generation of at most 512 MB, grown to at most 1.4× its live size (musl's malloc needs no arena limit, unlike glibc's)
+ENV NODE_OPTIONS="--max-semi-space-size=8 --max-old-space-size=512"
 # the node image's unprivileged user; port 5351 needs no capability
 USER node
 EXPOSE 5351/udp

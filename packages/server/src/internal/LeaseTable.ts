@@ -23,8 +23,11 @@ interface Scheduled<L> {
 export class LeaseTable<L extends Indexed> {
   private readonly byKey = new Map<string, L>()
   private readonly perClient = new Map<string, number>()
-  /** protocol/routerPort → the keys of the leases whose rule matches that port. */
-  private readonly routerPorts = new Map<string, Set<string>>()
+  /**
+   * protocol/routerPort → the key of the lease whose rule matches that port, or the keys when several do (a set for
+   * every port would cost 10,000 leases 3 MB).
+   */
+  private readonly routerPorts = new Map<string, string | Set<string>>()
   private heap: Array<Scheduled<L>> = []
 
   get size(): number {
@@ -59,8 +62,9 @@ export class LeaseTable<L extends Indexed> {
     this.perClient.set(lease.client, (this.perClient.get(lease.client) ?? 0) + 1)
     const port = `${lease.protocol}/${lease.routerPort}`
     const holders = this.routerPorts.get(port)
-    if (holders === undefined) this.routerPorts.set(port, new Set([key]))
-    else holders.add(key)
+    if (holders === undefined) this.routerPorts.set(port, key)
+    else if (typeof holders !== "string") holders.add(key)
+    else if (holders !== key) this.routerPorts.set(port, new Set([holders, key]))
     this.schedule({ at: lease.expiresAt, key, lease })
   }
 
@@ -87,7 +91,8 @@ export class LeaseTable<L extends Indexed> {
   /** Whether a lease other than `exceptKey`'s has a rule matching `protocol` `port`. */
   routerPortTaken(protocol: string, port: number, exceptKey: string): boolean {
     const holders = this.routerPorts.get(`${protocol}/${port}`)
-    return holders !== undefined && (holders.size > 1 || !holders.has(exceptKey))
+    if (holders === undefined) return false
+    return typeof holders === "string" ? holders !== exceptKey : holders.size > 1 || !holders.has(exceptKey)
   }
 
   /** The earliest expiry among the leases (clock milliseconds), infinity when there is none. */
@@ -120,7 +125,11 @@ export class LeaseTable<L extends Indexed> {
     else this.perClient.set(lease.client, held)
     const port = `${lease.protocol}/${lease.routerPort}`
     const holders = this.routerPorts.get(port)
-    if (holders !== undefined && holders.delete(key) && holders.size === 0) this.routerPorts.delete(port)
+    if (holders === key) {
+      this.routerPorts.delete(port)
+    } else if (typeof holders === "object" && holders.delete(key) && holders.size === 1) {
+      this.routerPorts.set(port, holders.values().next().value!)
+    }
     // the lease's heap entry stays until it surfaces (or a compaction): it no longer matches the table
   }
 
