@@ -35,15 +35,16 @@ WORKDIR /app
 COPY --from=build /src/packages/cli/package.json ./package.json
 COPY --from=build /src/packages/cli/dist/bin/natpmp-bridge.js /src/packages/cli/dist/bin/natpmp-bridge.cjs ./dist/bin/
 COPY --from=build /src/packages/cli/dist/bin/natpmp.js /src/packages/cli/dist/bin/natpmp.cjs ./dist/bin/
+# V8's heap sized for a long-running bridge (see the README, "Memory"): a young generation of at most 16 MB, an old
+# generation of at most 512 MB (on 64-bit grown to at most 1.4× its live size; musl's malloc needs no arena limit).
+# Set before the code caches are written: V8 accepts a cache only under the flags it was written with.
+ENV NODE_OPTIONS="--max-semi-space-size=8 --max-old-space-size=512"
 # the code caches for this platform (written as root, read-only for the user that runs the bridge)
 RUN NATPMP_CLI_WRITE_CODE_CACHE=1 node /app/dist/bin/natpmp-bridge.js --help >/dev/null \
  && NATPMP_CLI_WRITE_CODE_CACHE=1 node /app/dist/bin/natpmp.js --help >/dev/null \
  && ln -s /app/dist/bin/natpmp-bridge.js /usr/local/bin/natpmp-bridge \
  && ln -s /app/dist/bin/natpmp.js /usr/local/bin/natpmp
 ENV NODE_ENV=production
-# V8's heap sized for a long-running bridge (see the README, "Memory"): a young generation of at most 16 MB, an old
-# generation of at most 512 MB, grown to at most 1.4× its live size (musl's malloc needs no arena limit, unlike glibc's)
-ENV NODE_OPTIONS="--max-semi-space-size=8 --max-old-space-size=512"
 # the node image's unprivileged user; port 5351 needs no capability
 USER node
 EXPOSE 5351/udp

@@ -16,7 +16,8 @@
  * clients retransmit like RFC clients (250 ms, doubling). A renewal must also keep its public port.
  *
  * The bridge runs with the environment it is deployed with (`DEPLOYED_ENV` of bench/lib/Processes.ts: the node
- * options and malloc arenas of the Dockerfile and the systemd unit); BENCH_UNTUNED=1 leaves node's and glibc's defaults.
+ * options and malloc arenas of the Dockerfile and the systemd unit); BENCH_UNTUNED=1 leaves node's and glibc's defaults,
+ * SCALE_BRIDGE_NODE_OPTIONS adds node options of its own (e.g. `--cpu-prof --cpu-prof-dir=prof`).
  *
  * SCALE_CLIENTS (5000), SCALE_LIFETIME (60 s), SCALE_ROUNDS (2), SCALE_CREATE_SECONDS (the ramp-up, default 3/4 of
  * a period: 33.75 s, about 300 new mappings/s); BENCH_QUICK=1: 500 clients, 20 s, 1 round.

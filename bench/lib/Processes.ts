@@ -158,9 +158,9 @@ export const scaleBridgeEnv = (
 /**
  * The environment the bridge runs with as deployed (the Dockerfile's `ENV`, the `Environment=` of
  * deploy/natpmp-bridge.service; a test keeps the three equal): a young generation of at most 16 MB, an old generation
- * of at most 512 MB (which V8 then lets grow to at most 1.4× what was live at its last collection, instead of 4×),
- * and two malloc arenas. Left to their defaults, V8 and glibc size a long-running bridge's memory for throughput:
- * tens of MB more RSS at 10,000 leases.
+ * of at most 512 MB (which V8 on 64-bit then lets grow to at most 1.4× what was live at its last collection, instead
+ * of up to 4×), and two malloc arenas. Left to their defaults, V8 and glibc size a long-running bridge's memory for
+ * throughput: tens of MB more RSS at 10,000 leases.
  */
 export const DEPLOYED_ENV: Readonly<Record<string, string>> = {
   NODE_OPTIONS: "--max-semi-space-size=8 --max-old-space-size=512",

@@ -11,10 +11,12 @@ describe("the environment the benches start the bridge with", () => {
     expect(/^ENV NODE_OPTIONS="([^"]*)"$/m.exec(dockerfile)?.[1]).toBe(DEPLOYED_ENV.NODE_OPTIONS)
 
     const unit = read("deploy/natpmp-bridge.service")
-    const line = /^Environment=(.*)$/m.exec(unit)?.[1] ?? ""
+    const lines = [...unit.matchAll(/^Environment=(.*)$/gm)].map((line) => line[1])
     const assignments = Object.fromEntries(
-      [...line.matchAll(/"([^"=]+)=([^"]*)"|([^\s"=]+)=(\S*)/g)].map((m) =>
-        m[1] !== undefined ? [m[1], m[2]] : [m[3], m[4]]
+      lines.flatMap((line) =>
+        [...line.matchAll(/"([^"=]+)=([^"]*)"|([^\s"=]+)=(\S*)/g)].map((m) =>
+          m[1] !== undefined ? [m[1], m[2]] : [m[3], m[4]]
+        )
       )
     )
     expect(assignments).toEqual(DEPLOYED_ENV)

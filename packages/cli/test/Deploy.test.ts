@@ -25,6 +25,18 @@ describe("Dockerfile", () => {
     for (const stage of dockerfile) expect(stage.from).toBe("${NODE_IMAGE}")
   })
 
+  it("sets the runtime's node options before it writes the code caches (V8 rejects a cache made under other flags)", () => {
+    const instructions = runtimeStage.instructions
+    const cacheWrite = instructions.findIndex((instruction) =>
+      instruction.keyword === "RUN" && instruction.args.includes("NATPMP_CLI_WRITE_CODE_CACHE=1")
+    )
+    const options = instructions.findIndex((instruction) =>
+      instruction.keyword === "ENV" && instruction.args.startsWith("NODE_OPTIONS=")
+    )
+    expect(cacheWrite).toBeGreaterThan(-1)
+    if (options !== -1) expect(options).toBeLessThan(cacheWrite)
+  })
+
   it("copies into the build stage only files that exist and that .dockerignore lets through", () => {
     const copied: Array<string> = []
     for (const instruction of buildStage.instructions) {

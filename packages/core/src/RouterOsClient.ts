@@ -250,8 +250,8 @@ export interface CommandOptions extends CommandParts {
   readonly timeout?: Duration.DurationInput | undefined
   /**
    * Keeps only the `!re` rows it accepts, dropping the others as they arrive: a print of thousands of rows is
-   * filtered without ever being held whole. Called once per row, in order. If it throws, the command dies with
-   * that defect (its remaining rows are swallowed).
+   * filtered without ever being held whole. Called once per row, in order, synchronously as the row is read
+   * (outside any fiber). If it throws, the command dies with that defect and is cancelled on the router.
    */
   readonly keep?: ((row: Attributes) => boolean) | undefined
 }
@@ -453,16 +453,18 @@ class Connection {
     this.onClose(this, error)
   }
 
-  /** Whether the command keeps `row`; a `keep` that throws ends the command with its defect. */
-  private kept(entry: Pending, row: Attributes): boolean {
+  /**
+   * Whether the command of `tag` keeps `row`. A `keep` that throws ends the command with its defect; the router is
+   * asked to `/cancel` it, so that the rest of a long print is not sent for nothing.
+   */
+  private kept(tag: string, entry: Pending, row: Attributes): boolean {
     if (entry.keep === undefined) return true
     try {
       return entry.keep(row)
     } catch (defect) {
-      const resume = entry.resume!
-      entry.resume = undefined
-      entry.rows = []
-      resume(Effect.die(defect))
+      const resume = entry.resume
+      this.cancel(tag)
+      resume?.(Effect.die(defect))
       return false
     }
   }
@@ -480,7 +482,9 @@ class Connection {
     }
     switch (reply._tag) {
       case "Re":
-        if (entry.resume !== undefined && this.kept(entry, reply.attributes)) entry.rows.push(reply.attributes)
+        if (entry.resume !== undefined && this.kept(reply.tag!, entry, reply.attributes)) {
+          entry.rows.push(reply.attributes)
+        }
         return
       case "Trap":
         if (entry.trap === undefined) entry.trap = reply

@@ -199,9 +199,10 @@ describe("RouterOsClient", () => {
       const cause = Exit.isFailure(exit) ? exit.cause : Cause.empty
       expect(Cause.isDie(cause)).toBe(true)
       expect(String(Cause.squash(cause))).toContain("bad filter")
-      // the rows after the throw are swallowed; the connection still serves the next command
+      // the rows after the throw are swallowed, the print is cancelled; the connection serves the next command
       const all = yield* client.command("/ip/firewall/nat/print", { queries: ["?chain=dstnat"], proplist: ["comment"] })
       expect(all.rows.map((row) => row.comment)).toEqual(["r1", "r2", "r3", "r4"])
+      expect(yield* sim.commandCount("/cancel")).toBe(1)
       expect(yield* sim.connections).toBe(1)
     }))
 

@@ -91,7 +91,8 @@ export interface Service {
   readonly dstNatRules: Effect.Effect<ReadonlyArray<NatRule>, RouterError>
   /**
    * The rules of the dstnat chain `keep` accepts, filtered as they arrive (a print of thousands of rules is never
-   * held whole): one round trip. `keep` sees each rule once.
+   * held whole): one round trip. `keep` sees each rule once, synchronously as it is read (outside any fiber); if it
+   * throws, the listing dies with that defect.
    */
   readonly dstNatRulesWhere: (keep: (rule: NatRule) => boolean) => Effect.Effect<ReadonlyArray<NatRule>, RouterError>
   /** Adds a rule on the VPN in-interface; returns its id: one round trip. */
