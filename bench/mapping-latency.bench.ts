@@ -5,8 +5,8 @@
  *
  * The bridge and its simulators (RouterOS 7 router, ProtonVPN-like VPN gateway) run in a child process
  * (bench/support/bridge-process.ts, bundled like the bin, default log level INFO as shipped). This process is the
- * LAN: 1, 10 or 100 concurrent clients (plain UDP sockets on 127.0.0.20–29), each asking for a new TCP mapping, waiting for the
- * answer, deleting it (untimed) and starting over. The same number of new mappings is then done directly by the
+ * LAN: 1, 10 or 100 concurrent clients (plain UDP sockets on 127.0.0.20–29), each asking for a new TCP mapping,
+ * waiting for the answer, deleting it (untimed) and starting over. The same number of new mappings is then done directly by the
  * child against its simulators, with the same concurrency over one NAT-PMP client and one RouterOS connection like
  * the bridge's: VPN map, dstnat print, rule add (then rule remove and VPN unmap, untimed). The latency added by the
  * bridge is the client-observed percentile minus the direct one (p50 and p99).

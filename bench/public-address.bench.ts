@@ -15,8 +15,8 @@
  *   namespace: the floor of any server written on node's UDP sockets,
  *
  * two rounds each, alternating, and reports the mean answers/s of each, the bridge's ratio to miniupnpd, and the CPU
- * time each server used per answer (from /proc). Needs root, miniupnpd, nft and ip; without them the bridge is measured alone on
- * loopback and miniupnpd is reported as skipped.
+ * time each server used per answer (from /proc). Needs root, miniupnpd, nft and ip; without them the bridge is
+ * measured alone on loopback and miniupnpd is reported as skipped.
  */
 import { NetworkLab } from "@natpmp-bridge/core/testing"
 import * as Duration from "effect/Duration"

@@ -97,6 +97,17 @@ export const make = (
       Effect.annotateLogs({ vpnGateway: options.vpnGateway })
     )
 
+    /** The dstnat chain's rules, those `keep` accepts when given (filtered as they arrive). */
+    const dstNatRules = (keep?: (rule: NatRule) => boolean) =>
+      RouterOsCommands.listNatRules({
+        chain: "dstnat",
+        keep: keep === undefined ? undefined : (rule) => keep(toNatRule(rule))
+      }).pipe(
+        provide,
+        Effect.map((rules) => rules.map(toNatRule)),
+        Effect.mapError(routerError("listing dstnat rules"))
+      )
+
     const service: Service = {
       inInterface,
       vpnAddresses,
@@ -105,17 +116,8 @@ export const make = (
         Effect.mapError(routerError("reading /ip/address")),
         Effect.map((rows) => lanNetworksOf(rows, inInterface))
       ),
-      dstNatRules: RouterOsCommands.listDstNatRules.pipe(
-        provide,
-        Effect.map((rules) => rules.map(toNatRule)),
-        Effect.mapError(routerError("listing dstnat rules"))
-      ),
-      dstNatRulesWhere: (keep) =>
-        RouterOsCommands.listNatRules({ chain: "dstnat", keep: (rule) => keep(toNatRule(rule)) }).pipe(
-          provide,
-          Effect.map((rules) => rules.map(toNatRule)),
-          Effect.mapError(routerError("listing dstnat rules"))
-        ),
+      dstNatRules: dstNatRules(),
+      dstNatRulesWhere: dstNatRules,
       addRule: (spec) =>
         RouterOsCommands.addNatRule(ruleInput(spec, inInterface)).pipe(
           provide,

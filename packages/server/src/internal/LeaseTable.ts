@@ -14,6 +14,9 @@ export interface Indexed {
   readonly expiresAt: number
 }
 
+/** The key of a router port in the index. */
+const portKey = (protocol: string, port: number): string => `${protocol}/${port}`
+
 interface Scheduled<L> {
   readonly at: number
   readonly key: string
@@ -60,7 +63,7 @@ export class LeaseTable<L extends Indexed> {
     if (previous !== undefined) this.unindex(key, previous)
     this.byKey.set(key, lease)
     this.perClient.set(lease.client, (this.perClient.get(lease.client) ?? 0) + 1)
-    const port = `${lease.protocol}/${lease.routerPort}`
+    const port = portKey(lease.protocol, lease.routerPort)
     const holders = this.routerPorts.get(port)
     if (holders === undefined) this.routerPorts.set(port, key)
     else if (typeof holders !== "string") holders.add(key)
@@ -90,7 +93,7 @@ export class LeaseTable<L extends Indexed> {
 
   /** Whether a lease other than `exceptKey`'s has a rule matching `protocol` `port`. */
   routerPortTaken(protocol: string, port: number, exceptKey: string): boolean {
-    const holders = this.routerPorts.get(`${protocol}/${port}`)
+    const holders = this.routerPorts.get(portKey(protocol, port))
     if (holders === undefined) return false
     return typeof holders === "string" ? holders !== exceptKey : holders.size > 1 || !holders.has(exceptKey)
   }
@@ -123,7 +126,7 @@ export class LeaseTable<L extends Indexed> {
     const held = (this.perClient.get(lease.client) ?? 1) - 1
     if (held <= 0) this.perClient.delete(lease.client)
     else this.perClient.set(lease.client, held)
-    const port = `${lease.protocol}/${lease.routerPort}`
+    const port = portKey(lease.protocol, lease.routerPort)
     const holders = this.routerPorts.get(port)
     if (holders === key) {
       this.routerPorts.delete(port)
